@@ -1,0 +1,174 @@
+"""Content-hash keys, atomic writes and build-once caching shared by every stage.
+
+Every derived artefact (graphs, embeddings, generations, processed datasets) is keyed by a hash of
+everything that produced it and written atomically (temp file in the same folder + ``os.replace``), so
+a killed process never leaves a half-written file and two processes racing for the same artefact
+build it once (a file lock around "check, build, publish").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from filelock import FileLock
+
+T = TypeVar("T")
+
+__all__ = [
+    "stable_hash",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_npy",
+    "file_lock",
+    "build_once",
+    "read_json",
+]
+
+
+def _feed(h: "hashlib._Hash", obj: Any) -> None:
+    """Feed ``obj`` into ``h`` unambiguously (type tag + length prefixes)."""
+    if obj is None:
+        h.update(b"N")
+    elif isinstance(obj, bool):
+        h.update(b"B1" if obj else b"B0")
+    elif isinstance(obj, (int, float)):
+        h.update(b"F" + repr(obj).encode())
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8")
+        h.update(b"S" + len(data).to_bytes(8, "little") + data)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        data = bytes(obj)
+        h.update(b"Y" + len(data).to_bytes(8, "little") + data)
+    elif isinstance(obj, torch.Tensor):
+        if obj.is_sparse or obj.layout != torch.strided:
+            obj = obj.coalesce() if obj.is_sparse else obj.to_sparse_coo().coalesce()
+            _feed(h, ("torch.sparse", obj.indices(), obj.values(), tuple(obj.shape)))
+        else:
+            _feed(h, obj.detach().cpu().numpy())
+    elif isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        _feed(h, ("ndarray", str(arr.dtype), tuple(arr.shape)))
+        h.update(arr.view(np.uint8).reshape(-1).data if arr.size else b"")
+    elif sp.issparse(obj):
+        csr = sp.csr_matrix(obj)
+        csr.sort_indices()
+        _feed(h, ("csr", tuple(csr.shape), csr.indptr.astype(np.int64), csr.indices.astype(np.int64),
+                  csr.data))
+    elif isinstance(obj, Mapping):
+        h.update(b"M" + len(obj).to_bytes(8, "little"))
+        for key in sorted(obj, key=str):
+            _feed(h, str(key))
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L" + len(obj).to_bytes(8, "little"))
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, Path):
+        _feed(h, str(obj))
+    else:
+        raise TypeError(f"stable_hash cannot hash objects of type {type(obj).__name__}")
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Hex digest (sha256, truncated to ``length`` chars) of arbitrarily nested inputs.
+
+    Accepts str/bytes/numbers/None, numpy arrays, torch tensors (dense or sparse), scipy sparse
+    matrices, and lists/tuples/dicts of those. Equal content gives equal keys across processes and
+    machines (no Python ``hash`` randomisation involved).
+    """
+    h = hashlib.sha256()
+    _feed(h, list(parts))
+    return h.hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    ``suffix`` defaults to ``path``'s own suffix so writers that dispatch on extension still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # keep the real suffix last: writers such as np.save / to_parquet dispatch on it
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.tmp.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float = -1) -> Iterator[None]:
+    """Inter-process lock on ``<path>.lock`` (blocks until acquired unless ``timeout`` >= 0)."""
+    lock_path = Path(str(path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path), timeout=timeout):
+        yield
+
+
+def build_once(
+    path: str | os.PathLike,
+    build: Callable[[], T],
+    save: Callable[[T, Path], None],
+    load: Callable[[Path], T],
+    meta: Mapping[str, Any] | None = None,
+) -> tuple[T, bool]:
+    """Load ``path`` if it exists, else build, save atomically and return it.
+
+    A lock makes concurrent callers wait for the first builder instead of building again. ``meta``
+    (how the artefact was made: parameters, input hashes, code version) is written next to it as
+    ``<path>.meta.json`` so a human can tell where a cache file came from.
+
+    Returns ``(value, built)`` where ``built`` says whether this call did the work.
+    """
+    path = Path(path)
+    if path.exists():
+        return load(path), False
+    with file_lock(path):
+        if path.exists():  # another process built it while we waited
+            return load(path), False
+        value = build()
+        if meta is not None:
+            atomic_write_json(path.with_name(path.name + ".meta.json"), dict(meta))
+        with atomic_path(path) as tmp:
+            save(value, tmp)
+        return value, True

@@ -1,0 +1,35 @@
+"""Item text as MMRec assembles it, and the user history text of the no-LLM baseline."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+
+_WS = re.compile(r"\s+")
+
+__all__ = ["clean_text", "mmrec_item_text", "history_text"]
+
+
+def clean_text(value: object) -> str:
+    """HTML entities unescaped, newlines/tabs/runs of spaces collapsed; None/NaN -> ''."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return _WS.sub(" ", html.unescape(str(value))).strip()
+
+
+def mmrec_item_text(title: object, brand: object, categories: Sequence[str] | None, description: object) -> str:
+    """``title brand <each entry of the first category path> description`` (MMRec's field order).
+
+    MMRec concatenates with single spaces and turns missing fields into ' '; after whitespace
+    normalisation that is the same as joining the non-empty cleaned fields with one space.
+    """
+    parts = [clean_text(title), clean_text(brand)]
+    parts += [clean_text(c) for c in (categories or [])]
+    parts.append(clean_text(description))
+    return " ".join(p for p in parts if p)
+
+
+def history_text(descriptions: Sequence[str], separator: str = "\n") -> str:
+    """A user's chronological item descriptions as one text (the ``mllm=none`` profile)."""
+    return separator.join(d for d in descriptions if d)
