@@ -101,8 +101,13 @@ class DatasetLayout:
     def cache(self) -> Path:
         return self.root / "cache"
 
-    def reasoning(self, mllm: str) -> Path:
-        return self.root / "reasoning" / mllm
+    def reasoning(self, mllm: str, history: str = "train") -> Path:
+        """Folder of one MLLM's outputs. Profiles built from all interactions (the authors' leaky
+        reproduction switch ``reason.history=all``) live apart so they are never picked by mistake."""
+        if history not in ("train", "all"):
+            raise ValueError(f"history must be 'train' or 'all', got {history!r}")
+        key = mllm if history == "train" else f"{mllm}__history-all"
+        return self.root / "reasoning" / key
 
 
 def is_processed(root: str | Path) -> bool:
