@@ -141,6 +141,18 @@ def test_excluded_truth_item_is_no_hit_when_too_few_items_remain() -> None:
     assert got["ndcg@3"] == pytest.approx(0.613147, abs=1e-6)
 
 
+def test_sparse_values_are_binarised() -> None:
+    # Same case as above, but exclude holds 2s (train + valid overlapping) and truth stores an
+    # explicit 0 for item 1: a 2 is still "excluded" (item 0 is no hit), a stored 0 is no truth item
+    # (|T| stays 2). Expected as above: recall@3 = 1/2, ndcg@3 = 0.613147.
+    scores = torch.tensor([[0.5, 0.4, 0.1]])
+    exclude = csr([[0, 1]], 3) * 2
+    truth = sp.csr_matrix((np.array([1.0, 0.0, 1.0]), np.array([0, 1, 2]), np.array([0, 3])), shape=(1, 3))
+    got = topk_metrics(scores, exclude, truth, ks=(3,))
+    assert got["recall@3"] == pytest.approx(0.5, abs=1e-9)
+    assert got["ndcg@3"] == pytest.approx(D1 / (D1 + D2), abs=1e-9)
+
+
 def test_exclude_train_plus_valid_changes_test_metrics() -> None:
     # 1 user, 4 items: item 0 train (score 1.0), item 1 valid (0.9), item 2 test (0.8), item 3 (0.7).
     # MMRec (exclude = train): ranking 1, 2, 3 -> test item at rank 2:
