@@ -1,0 +1,43 @@
+"""Item text as MMRec assembles it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mllmrec.data import clean_text, history_text, mmrec_item_text
+
+
+def test_field_order_is_title_brand_first_category_path_description():
+    text = mmrec_item_text("Soft Blanket", "Acme", ["Baby", "Nursery", "Bedding"], "Warm and cosy.")
+    assert text == "Soft Blanket Acme Baby Nursery Bedding Warm and cosy."
+
+
+def test_html_entities_are_unescaped():
+    text = mmrec_item_text("Tom &amp; Jerry&#39;s &quot;Cup&quot;", "B&amp;B", ["Kids &gt; 3"], "5&nbsp;oz")
+    assert text == "Tom & Jerry's \"Cup\" B&B Kids > 3 5 oz"
+
+
+def test_whitespace_is_normalised():
+    text = mmrec_item_text("  A\ttitle\n", "Brand\r\n", ["Cat  one", "\nCat two"], "line one\n\nline  two ")
+    assert text == "A title Brand Cat one Cat two line one line two"
+    assert "\n" not in text and "  " not in text
+
+
+def test_missing_fields_are_skipped():
+    assert mmrec_item_text("Title", None, None, "Desc") == "Title Desc"
+    assert mmrec_item_text(None, "Brand", [], float("nan")) == "Brand"
+    assert mmrec_item_text("", "  ", ["", "Cat"], None) == "Cat"
+    assert mmrec_item_text(None, None, None, None) == ""
+
+
+def test_clean_text():
+    assert clean_text(None) == "" and clean_text(math.nan) == "" and clean_text(np.nan) == ""
+    assert clean_text(42) == "42"
+    assert clean_text(" a &amp;\n b ") == "a & b"
+
+
+def test_history_text_skips_empty_descriptions():
+    assert history_text(["first", "", "second"]) == "first\nsecond"
+    assert history_text(["a", "b"], separator=" | ") == "a | b"
