@@ -57,8 +57,8 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
         else:
             _feed(h, obj.detach().cpu().numpy())
     elif isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
-        _feed(h, ("ndarray", str(arr.dtype), tuple(arr.shape)))
+        arr = np.ascontiguousarray(obj)  # note: turns shape () into (1,), so key on obj.shape
+        _feed(h, ("ndarray", str(arr.dtype), tuple(obj.shape)))
         h.update(arr.view(np.uint8).reshape(-1).data if arr.size else b"")
     elif sp.issparse(obj):
         csr = sp.csr_matrix(obj)

@@ -221,3 +221,11 @@ def test_build_once_builds_once_under_two_racing_processes(tmp_path):
     assert target.read_text() == "payload"
     meta = json.loads((tmp_path / "artefact.txt.meta.json").read_text())
     assert meta == {"params": {"k": 5}, "input": "abc"}
+
+
+def test_zero_dim_array_differs_from_one_element_array():
+    # np.ascontiguousarray turns shape () into (1,): the shape must still be part of the key
+    assert stable_hash(np.array(5)) != stable_hash(np.array([5]))
+    assert stable_hash(np.array(5.0)) != stable_hash(np.array([[5.0]]))
+    assert stable_hash(torch.tensor(5)) != stable_hash(torch.tensor([5]))
+    assert stable_hash(np.array(5)) == stable_hash(np.array(5))
