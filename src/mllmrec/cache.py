@@ -38,6 +38,8 @@ __all__ = [
 
 def _feed(h: "hashlib._Hash", obj: Any) -> None:
     """Feed ``obj`` into ``h`` unambiguously (type tag + length prefixes)."""
+    if isinstance(obj, np.generic):  # numpy scalar: key on the Python value (repr differs by version)
+        obj = obj.item()
     if obj is None:
         h.update(b"N")
     elif isinstance(obj, bool):

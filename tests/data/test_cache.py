@@ -229,3 +229,15 @@ def test_zero_dim_array_differs_from_one_element_array():
     assert stable_hash(np.array(5.0)) != stable_hash(np.array([[5.0]]))
     assert stable_hash(torch.tensor(5)) != stable_hash(torch.tensor([5]))
     assert stable_hash(np.array(5)) == stable_hash(np.array(5))
+
+
+def test_numpy_scalars_hash_like_the_python_numbers_they_hold():
+    # parameters often arrive as numpy scalars (e.g. from np.linspace or a mean); np.int64 used to
+    # raise TypeError and np.float64 was keyed on its repr, which numpy 2 changed ('np.float64(0.5)')
+    assert stable_hash(np.int64(3)) == stable_hash(3)
+    assert stable_hash(np.int32(3)) == stable_hash(3)
+    assert stable_hash(np.float64(0.5)) == stable_hash(0.5)
+    assert stable_hash(np.bool_(True)) == stable_hash(True)
+    assert stable_hash({"k": np.int64(10), "alpha": np.float64(0.5)}) == stable_hash({"k": 10, "alpha": 0.5})
+    assert stable_hash(np.float64(0.5)) != stable_hash(np.float64(0.25))
+    assert stable_hash(np.int64(3)) != stable_hash(np.float64(3.0))
