@@ -41,3 +41,17 @@ def test_clean_text():
 def test_history_text_skips_empty_descriptions():
     assert history_text(["first", "", "second"]) == "first\nsecond"
     assert history_text(["a", "b"], separator=" | ") == "a | b"
+
+
+def test_categories_as_read_back_from_parquet(tmp_path):
+    # a list<str> column comes back from parquet as numpy object arrays; `categories or []` raised
+    # "truth value of an array is ambiguous"
+    import pandas as pd
+
+    pd.DataFrame({"categories": [["Baby", "Nursery"], None]}).to_parquet(tmp_path / "c.parquet")
+    back = pd.read_parquet(tmp_path / "c.parquet")["categories"]
+    assert isinstance(back[0], np.ndarray)
+    assert mmrec_item_text("T", "B", back[0], "D") == "T B Baby Nursery D"
+    assert mmrec_item_text("T", "B", back[1], "D") == "T B D"
+    assert mmrec_item_text("T", "B", np.array([], dtype=object), "D") == "T B D"
+    assert mmrec_item_text("T", "B", ("Baby",), "D") == "T B Baby D"

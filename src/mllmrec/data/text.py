@@ -25,7 +25,8 @@ def mmrec_item_text(title: object, brand: object, categories: Sequence[str] | No
     normalisation that is the same as joining the non-empty cleaned fields with one space.
     """
     parts = [clean_text(title), clean_text(brand)]
-    parts += [clean_text(c) for c in (categories or [])]
+    # not `categories or []`: parquet gives list columns back as numpy arrays (ambiguous truth value)
+    parts += [clean_text(c) for c in (() if categories is None else categories)]
     parts.append(clean_text(description))
     return " ".join(p for p in parts if p)
 
