@@ -55,3 +55,18 @@ def test_categories_as_read_back_from_parquet(tmp_path):
     assert mmrec_item_text("T", "B", back[1], "D") == "T B D"
     assert mmrec_item_text("T", "B", np.array([], dtype=object), "D") == "T B D"
     assert mmrec_item_text("T", "B", ("Baby",), "D") == "T B Baby D"
+
+
+def test_pandas_missing_markers_are_skipped():
+    # nullable string columns hold pd.NA (str(pd.NA) == '<NA>'), and a frame built from meta records
+    # where some lack "categories" holds NaN in that column
+    import pandas as pd
+
+    assert clean_text(pd.NA) == "" and clean_text(pd.NaT) == ""
+    assert mmrec_item_text("Title", pd.NA, ["Baby"], pd.NA) == "Title Baby"
+    assert mmrec_item_text("Title", "Brand", float("nan"), "Desc") == "Title Brand Desc"
+    assert mmrec_item_text("Title", "Brand", pd.NA, "Desc") == "Title Brand Desc"
+    meta = pd.DataFrame([{"title": "A", "categories": ["Baby"]}, {"title": "B", "brand": "X"}])
+    meta = meta.astype({"brand": "string"})
+    texts = [mmrec_item_text(r.title, r.brand, r.categories, None) for r in meta.itertuples()]
+    assert texts == ["A Baby", "B X"]

@@ -6,14 +6,21 @@ import html
 import re
 from collections.abc import Sequence
 
+import pandas as pd
+
 _WS = re.compile(r"\s+")
 
 __all__ = ["clean_text", "mmrec_item_text", "history_text"]
 
 
+def _missing(value: object) -> bool:
+    """None, NaN, pd.NA, NaT: the markers pandas uses for an absent field."""
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
 def clean_text(value: object) -> str:
-    """HTML entities unescaped, newlines/tabs/runs of spaces collapsed; None/NaN -> ''."""
-    if value is None or (isinstance(value, float) and value != value):
+    """HTML entities unescaped, newlines/tabs/runs of spaces collapsed; None/NaN/pd.NA -> ''."""
+    if _missing(value):
         return ""
     return _WS.sub(" ", html.unescape(str(value))).strip()
 
@@ -26,7 +33,7 @@ def mmrec_item_text(title: object, brand: object, categories: Sequence[str] | No
     """
     parts = [clean_text(title), clean_text(brand)]
     # not `categories or []`: parquet gives list columns back as numpy arrays (ambiguous truth value)
-    parts += [clean_text(c) for c in (() if categories is None else categories)]
+    parts += [clean_text(c) for c in (() if _missing(categories) else categories)]
     parts.append(clean_text(description))
     return " ".join(p for p in parts if p)
 
