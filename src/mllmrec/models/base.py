@@ -1,0 +1,112 @@
+"""The small interface every recommender here implements: a BPR loss and full-ranking scores.
+
+Evaluation (MMRec's full-ranking protocol through :class:`mllmrec.metrics.RankingMetrics`), logging
+and the optimiser live here once, so a new model is one module with two methods + one YAML file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mllmrec.metrics import RankingMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Recommender", "bpr_loss"]
+
+
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """BPR (Eq. 15): mean over triplets of ``-log sigmoid(y_ui - y_uj)``. Shapes: [B], [B] -> []."""
+    return -F.logsigmoid(pos_scores - neg_scores).mean()
+
+
+class Recommender(L.LightningModule):
+    """Base LightningModule. Subclasses implement :meth:`loss` and :meth:`full_scores`.
+
+    Optionally override :meth:`prepare_eval` to precompute what every evaluation batch shares
+    (e.g. all item representations) once per validation/test pass.
+    """
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0, ks: Sequence[int] = (10, 20)) -> None:
+        super().__init__()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.ks = tuple(int(k) for k in ks)
+        self._ranking: RankingMetrics | None = None
+        self.history: list[dict] = []  # one dict of validation metrics per epoch
+
+    # ------------------------------------------------------------------ to implement
+    def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def full_scores(self, users: Tensor) -> Tensor:
+        """Scores of ``users`` against every item. Shapes: [B] -> [B, I]."""
+        raise NotImplementedError
+
+    def prepare_eval(self) -> None:
+        """Called once before each validation/test pass (in eval mode, without grad)."""
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        users, positives, negatives = batch
+        loss = self.loss(users, positives, negatives)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite BPR loss {loss.item()} at epoch {self.current_epoch}")
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    # ------------------------------------------------------------------ evaluation
+    def _start_eval(self, split: str) -> None:
+        exclude, truth = self.trainer.datamodule.eval_target(split)
+        self._ranking = RankingMetrics(exclude, truth, ks=self.ks)
+        with torch.no_grad():
+            self.prepare_eval()
+
+    def _eval_step(self, users: Tensor) -> None:
+        assert self._ranking is not None
+        self._ranking.update(users, self.full_scores(users))
+
+    def _end_eval(self, prefix: str) -> dict[str, float]:
+        assert self._ranking is not None
+        results = self._ranking.compute()
+        self._ranking = None
+        for name, value in results.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name == f"recall@{max(self.ks)}")
+        return results
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("valid")
+
+    def validation_step(self, users: Tensor, batch_idx: int) -> None:
+        self._eval_step(users)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._end_eval("val")
+        if not self.trainer.sanity_checking:
+            self.history.append({"epoch": self.current_epoch, **results})
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items())
+            log.info("epoch %3d  valid  %s", self.current_epoch, shown)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, users: Tensor, batch_idx: int) -> None:
+        self._eval_step(users)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["validation_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("validation_history", []))

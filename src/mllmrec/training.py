@@ -1,0 +1,147 @@
+"""The training task behind ``train.py``: build everything from the config, fit, test, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mllmrec.cache import atomic_write_json
+from mllmrec.config import validate_train_config
+from mllmrec.metrics import evaluate_full_ranking
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+__all__ = ["train", "popularity_metrics", "best_validation", "instantiate_group"]
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (empty or None -> [])."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def popularity_metrics(datamodule, split: str, ks=(10, 20)) -> dict[str, float]:
+    """Metrics of ranking every user's items by training popularity (the sanity baseline)."""
+    exclude, truth = datamodule.eval_target(split)
+    popularity = torch.from_numpy(np.asarray(datamodule.data.train.sum(axis=0)).ravel().astype(np.float32))
+    return evaluate_full_ranking(
+        lambda users: popularity.expand(len(users), -1), exclude, truth, ks=ks
+    )
+
+
+def best_validation(history: list[dict], metric: str) -> dict:
+    """The validation record with the highest ``metric`` (earliest on ties, as checkpointing keeps)."""
+    if not history:
+        raise RuntimeError("no validation epoch completed: nothing to select")
+    key = metric.split("/", 1)[-1]
+    return max(history, key=lambda rec: (rec[key], -rec["epoch"]))
+
+
+def _print_table(rows: dict[str, dict[str, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="MLLMRec results (MMRec full-ranking protocol)")
+    table.add_column("")
+    for key in METRIC_KEYS:
+        table.add_column(key, justify="right")
+    for name, metrics in rows.items():
+        table.add_row(name, *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in METRIC_KEYS))
+    Console().print(table)
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Fit and evaluate one configuration.
+
+    Returns ``(summary, objects)``: ``summary`` is what ``metrics.json`` holds; ``objects`` the
+    datamodule, model and trainer (for tests and notebooks).
+    """
+    validate_train_config(cfg)
+    # Lightning adds its own console handlers; Hydra's root handlers already print (and write the
+    # run's log file), so drop Lightning's to avoid every line twice.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).handlers.clear()
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
+    started = time.perf_counter()
+    datamodule.setup("fit")
+    log.info("data, features and graph ready in %.1fs (graph: %d edges)",
+             time.perf_counter() - started, datamodule.item_graph._nnz())
+
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = hydra.utils.instantiate(
+        cfg.model,
+        item_features=datamodule.item_features,
+        user_features=datamodule.user_features,
+        item_graph=datamodule.item_graph,
+        n_users=datamodule.data.n_users,
+    )
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if loggers:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        for lg in loggers:
+            lg.log_hyperparams(hparams)
+
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    history = list(model.history)  # testing the best checkpoint reloads an older history
+    summary: dict[str, Any] = {"best_epoch": None, "valid": {}, "test": {}}
+    if history:
+        best = best_validation(history, cfg.optimized_metric)
+        summary["best_epoch"] = int(best["epoch"])
+        summary["valid"] = {k: float(best[k]) for k in best if k != "epoch"}
+    if cfg.get("test"):
+        ckpt = None
+        checkpointer = getattr(trainer, "checkpoint_callback", None)
+        if checkpointer is not None and getattr(checkpointer, "best_model_path", ""):
+            ckpt = checkpointer.best_model_path
+        results = trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        summary["test"] = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("test/")}
+        summary["test_checkpoint"] = ckpt
+    summary["epochs_run"] = int(trainer.current_epoch)
+    summary["history"] = history
+    rows = {"valid (best epoch)": summary["valid"], "test": summary["test"]}
+    if cfg.get("compare_popularity"):
+        summary["popularity"] = {
+            "valid": popularity_metrics(datamodule, "valid", model.ks),
+            "test": popularity_metrics(datamodule, "test", model.ks),
+        }
+        rows["popularity valid"] = summary["popularity"]["valid"]
+        rows["popularity test"] = summary["popularity"]["test"]
+    atomic_write_json(output_dir / "metrics.json", summary)
+    _print_table(rows)
+    log.info("metrics written to %s", output_dir / "metrics.json")
+    return summary, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def objective(summary: dict, metric: str) -> float:
+    """The value ``train.py`` returns to sweepers: a validation metric of the best epoch."""
+    key = metric.split("/", 1)[-1]
+    if key not in summary.get("valid", {}):
+        raise KeyError(
+            f"optimized_metric={metric!r} was not logged; available: "
+            f"{sorted('val/' + k for k in summary.get('valid', {}))}"
+        )
+    return float(summary["valid"][key])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps({"use": "python train.py"}))

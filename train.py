@@ -1,0 +1,27 @@
+"""Train and evaluate MLLMRec:  python train.py [dataset=baby mllm=qwen25vl graph.alpha=0.7 ...]
+
+Sweeps:  python train.py -m graph.alpha=0.4,0.5,0.6,0.7 graph.kc=5,10,15,20
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+from dotenv import load_dotenv
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parent
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+load_dotenv(ROOT / ".env")  # WANDB_*, MLLMREC_DATA_DIR, ...: see .env.example
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from mllmrec.training import objective, train
+
+    summary, _ = train(cfg)
+    return objective(summary, cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
