@@ -300,3 +300,18 @@ def test_row_count_is_checked_before_the_values(toy_folder):
     with pytest.raises(DatasetError) as err:
         load_mmrec_dataset(toy_folder, "toy", item_features="feat.npy", user_features=None)
     assert "9 rows" in str(err.value) and "5 items" in str(err.value)
+
+
+def test_empty_or_binary_inter_file_is_a_dataset_error(tmp_path):
+    # an empty file raised pandas' EmptyDataError ("No columns to parse from file"), which names
+    # no file; a binary file raised UnicodeDecodeError
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "toy.inter").write_bytes(b"")
+    with pytest.raises(DatasetError) as err:
+        _load(root)
+    assert "toy.inter" in str(err.value) and "empty" in str(err.value)
+    (root / "toy.inter").write_bytes(b"\x93NUMPY\x01\x00\xff\xfe\x00garbage\n")
+    with pytest.raises(DatasetError) as err:
+        _load(root)
+    assert "toy.inter" in str(err.value) and "UTF-8" in str(err.value)

@@ -29,6 +29,13 @@ def read_mmrec_inter(root: str | Path, name: str) -> tuple[pd.DataFrame, Path]:
     )
     try:
         raw = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:
+        raise DatasetError(
+            f"{path}: the file is empty; expected a header line 'userID itemID rating timestamp "
+            "x_label' and one row per interaction, tab-separated."
+        ) from err
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({err}); is it really an MMRec .inter table?") from err
     except pd.errors.ParserError as err:
         raise DatasetError(f"{path}: cannot parse as a tab-separated table with a header ({err}).") from err
     if len(raw.columns) == 1 and "," in raw.columns[0]:
