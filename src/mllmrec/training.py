@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -30,6 +31,26 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def model_inputs(target: str, datamodule) -> dict[str, Any]:
+    """The data a model's constructor asks for, by parameter name.
+
+    A model (in this package or anywhere importable via ``_target_``) declares what it needs in its
+    ``__init__`` signature; the available inputs are ``item_features`` [I, d_t], ``user_features``
+    [U, d_t] or None, ``item_graph`` (the refined graph, sparse [I, I]), ``train_interactions``
+    (scipy CSR [U, I], training split only), ``n_users`` and ``n_items``.
+    """
+    available = {
+        "item_features": datamodule.item_features,
+        "user_features": datamodule.user_features,
+        "item_graph": datamodule.item_graph,
+        "train_interactions": datamodule.data.train,
+        "n_users": datamodule.data.n_users,
+        "n_items": datamodule.data.n_items,
+    }
+    params = inspect.signature(hydra.utils.get_class(target).__init__).parameters
+    return {name: value for name, value in available.items() if name in params}
 
 
 def popularity_metrics(datamodule, split: str, ks=(10, 20)) -> dict[str, float]:
@@ -86,13 +107,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
              time.perf_counter() - started, datamodule.item_graph._nnz())
 
     log.info("Instantiating model <%s>", cfg.model._target_)
-    model = hydra.utils.instantiate(
-        cfg.model,
-        item_features=datamodule.item_features,
-        user_features=datamodule.user_features,
-        item_graph=datamodule.item_graph,
-        n_users=datamodule.data.n_users,
-    )
+    model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg.model._target_, datamodule))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
