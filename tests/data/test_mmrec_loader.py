@@ -315,3 +315,16 @@ def test_empty_or_binary_inter_file_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError) as err:
         _load(root)
     assert "toy.inter" in str(err.value) and "UTF-8" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e30", "nan"])
+def test_non_finite_or_huge_ids_are_not_integers(inter_writer, value):
+    # 'inf' passed the floor() test and was cast to int64 garbage: the error then spoke of a
+    # "negative value -9223372036854775808" (or a huge id went through)
+    rows = [list(row) for row in TOY_ROWS]
+    rows[1][1] = value
+    with pytest.raises(DatasetError) as err:
+        _load(inter_writer(rows))
+    msg = str(err.value)
+    assert "toy.inter" in msg and "'itemID'" in msg and "integers" in msg
+    assert "row 2" in msg and repr(value) in msg and "-9223372036854775808" not in msg

@@ -54,7 +54,10 @@ def validate_interaction_frame(
             out[ours] = values.to_numpy()
             continue
         values = pd.to_numeric(col, errors="coerce")
-        non_int = values.isna() | (values != np.floor(values))
+        # inf passes the floor test and huge values overflow the int64 cast: both are not ids
+        non_int = (
+            values.isna() | ~np.isfinite(values) | (values.abs() >= 2**63) | (values != np.floor(values))
+        )
         if non_int.any():
             row = int(np.flatnonzero(non_int.to_numpy())[0])
             raise DatasetError(
