@@ -328,3 +328,15 @@ def test_non_finite_or_huge_ids_are_not_integers(inter_writer, value):
     msg = str(err.value)
     assert "toy.inter" in msg and "'itemID'" in msg and "integers" in msg
     assert "row 2" in msg and repr(value) in msg and "-9223372036854775808" not in msg
+
+
+def test_negative_x_label_gets_the_split_label_message(inter_writer):
+    # -1 used to hit the generic "ids must be 0-based non-negative integers" message
+    rows = [list(row) for row in TOY_ROWS]
+    rows[3][4] = -1
+    with pytest.raises(DatasetError) as err:
+        _load(inter_writer(rows))
+    msg = str(err.value)
+    assert "toy.inter" in msg and "'x_label'" in msg
+    assert "0 (train), 1 (valid) or 2 (test)" in msg and "[-1]" in msg and "1 rows" in msg
+    assert "ids must" not in msg

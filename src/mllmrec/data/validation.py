@@ -65,19 +65,19 @@ def validate_interaction_frame(
                 f"({int(non_int.sum())} bad rows). Ids must be 0-based contiguous integers."
             )
         values = values.to_numpy().astype(np.int64)
-        if (values < 0).any():
-            row = int(np.flatnonzero(values < 0)[0])
-            raise DatasetError(
-                f"{path}: column {theirs!r} has negative value {values[row]} at row {row + 1}; "
-                "ids must be 0-based non-negative integers."
-            )
-        if ours == "x_label":
+        if ours == "x_label":  # before the id check, so -1 gets this message rather than "ids must..."
             bad = ~np.isin(values, (0, 1, 2))
             if bad.any():
                 raise DatasetError(
                     f"{path}: column {theirs!r} must be 0 (train), 1 (valid) or 2 (test); found "
                     f"{sorted(set(values[bad].tolist()))[:5]} in {int(bad.sum())} rows."
                 )
+        if (values < 0).any():
+            row = int(np.flatnonzero(values < 0)[0])
+            raise DatasetError(
+                f"{path}: column {theirs!r} has negative value {values[row]} at row {row + 1}; "
+                "ids must be 0-based non-negative integers."
+            )
         out[ours] = values
     return pd.DataFrame(out)
 
