@@ -218,3 +218,15 @@ def test_reasoning_folders_keep_leaky_profiles_apart(tmp_path):
     assert layout.reasoning("qwen", history="all") != layout.reasoning("qwen")
     with pytest.raises(ValueError, match="history"):
         layout.reasoning("qwen", history="valid")
+
+
+def test_missing_processed_folder_names_the_file_it_needs(tmp_path):
+    # with no processed/ folder at all the message named only the folder
+    with pytest.raises(DatasetError) as err:
+        read_items(tmp_path)
+    msg = str(err.value)
+    assert "items.parquet" in msg and "processed" in msg and "prepare.py" in msg
+    with pytest.raises(DatasetError) as err:
+        load_processed_dataset(tmp_path / "nope")
+    msg = str(err.value)
+    assert "manifest.json" in msg and str(tmp_path / "nope") in msg and "prepare.py" in msg

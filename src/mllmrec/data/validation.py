@@ -15,7 +15,7 @@ __all__ = ["validate_interaction_frame", "load_feature_matrix", "require_file"]
 def require_file(path: Path, what: str, hint: str) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
-        raise DatasetError(f"{what}: folder {path.parent} does not exist. {hint}")
+        raise DatasetError(f"{what}: folder {path.parent} (for {path.name}) does not exist. {hint}")
     if not path.is_file():
         present = sorted(p.name for p in path.parent.iterdir())[:20]
         raise DatasetError(
