@@ -230,3 +230,14 @@ def test_missing_processed_folder_names_the_file_it_needs(tmp_path):
         load_processed_dataset(tmp_path / "nope")
     msg = str(err.value)
     assert "manifest.json" in msg and str(tmp_path / "nope") in msg and "prepare.py" in msg
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""])
+def test_unreadable_manifest_is_a_clear_error(tmp_path, content):
+    # a hand-edited/truncated manifest raised a bare JSONDecodeError (no path) or AttributeError
+    _write(tmp_path)
+    DatasetLayout(tmp_path).manifest.write_text(content)
+    with pytest.raises(DatasetError) as err:
+        load_processed_dataset(tmp_path)
+    msg = str(err.value)
+    assert "manifest.json" in msg and "prepare.py" in msg

@@ -183,7 +183,17 @@ def read_manifest(root: str | Path) -> dict:
         layout.manifest, "processed dataset",
         f"Create it with `python prepare.py dataset=<name>` (data folder {layout.root}).",
     )
-    manifest = read_json(path)
+    try:
+        manifest = read_json(path)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(
+            f"{path}: not valid JSON ({err}); re-run `python prepare.py` to rebuild it."
+        ) from err
+    if not isinstance(manifest, dict):
+        raise DatasetError(
+            f"{path}: expected a JSON object, found {type(manifest).__name__}; re-run "
+            "`python prepare.py` to rebuild it."
+        )
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
