@@ -241,3 +241,29 @@ def test_unreadable_manifest_is_a_clear_error(tmp_path, content):
         load_processed_dataset(tmp_path)
     msg = str(err.value)
     assert "manifest.json" in msg and "prepare.py" in msg
+
+
+def test_failed_final_rename_puts_the_previous_dataset_back(tmp_path, monkeypatch):
+    # the old processed/ is moved aside before the new one is renamed in; when that last rename
+    # failed (or was interrupted) the old one stayed in a hidden .processed.old.* folder and
+    # processed/ was gone
+    import os
+
+    root = tmp_path / "ds"
+    _write(root, manifest={"name": "v1"})
+    before = _snapshot(root / "processed")
+    real = os.replace
+
+    def failing(src, dst, *args, **kwargs):
+        new_one_in = os.path.basename(src).startswith(".processed.tmp")
+        if new_one_in and os.fspath(dst) == os.fspath(root / "processed"):
+            raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _write(root, manifest={"name": "v2"})
+    monkeypatch.undo()
+    assert _snapshot(root / "processed") == before
+    assert read_manifest(root)["name"] == "v1"
+    assert _leftovers(root) == []

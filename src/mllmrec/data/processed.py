@@ -119,18 +119,26 @@ def _staging_dir(final: Path) -> Iterator[Path]:
     """A temp dir beside ``final`` that replaces ``final`` on success and vanishes on failure."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    trash = None
     try:
         yield tmp
-        trash = None
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
             os.replace(final, trash / final.name)
-        os.replace(tmp, final)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            # put the previous version back rather than leave no `final` at all
+            if trash is not None and (trash / final.name).exists() and not final.exists():
+                os.replace(trash / final.name, final)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        # the old version is dropped only once `final` is in place (new or restored)
+        if trash is not None and final.exists():
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
