@@ -279,6 +279,42 @@ def test_update_does_not_modify_scores() -> None:
     assert torch.equal(scores, before)
 
 
+def test_update_inplace_masks_the_given_scores() -> None:
+    scores, exclude, truth, exclude_d, _ = random_case(4)
+    expected = topk_metrics(scores, exclude, truth, ks=(5,))
+    work = scores.clone()
+    metrics = RankingMetrics(exclude, truth, ks=(5,))
+    metrics.update(torch.arange(scores.shape[0]), work, inplace=True)
+    assert metrics.compute() == expected
+    # exactly the excluded entries became -inf, every other entry is unchanged
+    assert torch.equal(torch.isinf(work), torch.from_numpy(exclude_d))
+    assert torch.equal(work[~torch.from_numpy(exclude_d)], scores[~torch.from_numpy(exclude_d)])
+
+
+def test_evaluate_full_ranking_never_overwrites_stored_scores_through_views() -> None:
+    # topk_metrics indexes scores[users] (a copy); a score_fn returning a slice (a view) of a stored
+    # matrix is masked on a copy: neither may write -inf into the stored scores
+    scores, exclude, truth, exclude_d, truth_d = random_case(6)
+    before = scores.clone()
+    expected = reference(scores.numpy(), exclude_d, truth_d, (5,))
+    assert topk_metrics(scores, exclude, truth, ks=(5,)) == pytest.approx(expected, abs=1e-6)
+    assert torch.equal(scores, before)
+    # all users with truth here are contiguous once users without truth are dropped: use a stored
+    # matrix of the eval users' rows and return contiguous slices of it
+    eval_users = np.flatnonzero(truth_d.sum(1) > 0)
+    stored = scores[torch.from_numpy(eval_users)]
+    stored_before = stored.clone()
+    position = {u: i for i, u in enumerate(eval_users)}
+
+    def view_fn(users: torch.Tensor) -> torch.Tensor:
+        first, last = position[int(users[0])], position[int(users[-1])]
+        return stored[first : last + 1]  # a view: its _base is `stored`
+
+    got = evaluate_full_ranking(view_fn, exclude, truth, ks=(5,), batch_size=8)
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert torch.equal(stored, stored_before)
+
+
 def test_compute_before_all_users_updated_raises_and_reset_clears() -> None:
     scores, exclude, truth, _, truth_d = random_case(5)
     metrics = RankingMetrics(exclude, truth)
