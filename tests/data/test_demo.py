@@ -117,3 +117,15 @@ def test_ensure_reuses_a_matching_dataset_and_rebuilds_otherwise(tmp_path):
     assert DatasetLayout(tmp_path).manifest.stat().st_mtime_ns == stamp
     ensure_demo_dataset(tmp_path, seed=2, **SMALL)
     assert read_manifest(tmp_path)["generator"]["seed"] == 2
+
+
+def test_small_catalogues_work(tmp_path):
+    # a user's interaction count is drawn up to 40 and sampled without replacement: with fewer than
+    # 40 items every seed crashed ("Cannot take a larger sample than population")
+    make_demo_dataset(tmp_path, n_users=30, n_items=12, seed=0)
+    inter, items, _ = _tables(tmp_path)
+    assert len(items) == 12
+    counts = inter.groupby("user_id").size()
+    assert len(counts) == 30 and counts.min() >= 5 and counts.max() <= 12
+    with pytest.raises(ValueError, match="n_items"):
+        make_demo_dataset(tmp_path / "tiny", n_users=5, n_items=4)

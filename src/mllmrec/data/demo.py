@@ -59,6 +59,11 @@ def make_demo_dataset(
     root: str | Path, n_users: int = 600, n_items: int = 300, seed: int = 0, split_seed: int = 999
 ) -> DatasetLayout:
     """Generate the demo dataset into ``root`` (processed tables + PNG images)."""
+    if n_items < 5 or n_users < 1:
+        raise ValueError(
+            f"the demo needs n_items >= 5 (every user gets 5+ distinct items) and n_users >= 1; "
+            f"got n_items={n_items}, n_users={n_users}"
+        )
     rng = np.random.default_rng(seed)
     layout = DatasetLayout(root)
     layout.images.mkdir(parents=True, exist_ok=True)
@@ -102,7 +107,7 @@ def make_demo_dataset(
         )
         prob = np.exp(2.0 * utility)
         prob /= prob.sum()
-        n = int(np.clip(rng.geometric(0.08) + 4, 5, 40))
+        n = int(np.clip(rng.geometric(0.08) + 4, 5, min(40, n_items)))  # distinct items: <= n_items
         chosen = rng.choice(n_items, size=n, replace=False, p=prob)
         start = 1_400_000_000 + int(rng.integers(0, 10_000_000))
         times = start + np.sort(rng.integers(0, 30_000_000, size=n))
