@@ -129,3 +129,17 @@ def test_small_catalogues_work(tmp_path):
     assert len(counts) == 30 and counts.min() >= 5 and counts.max() <= 12
     with pytest.raises(ValueError, match="n_items"):
         make_demo_dataset(tmp_path / "tiny", n_users=5, n_items=4)
+
+
+def test_ensure_rebuilds_when_the_split_seed_changes(tmp_path):
+    # the reuse check compared only the generator settings, so a new split_seed silently kept the
+    # old split
+    ensure_demo_dataset(tmp_path, **SMALL)
+    assert read_manifest(tmp_path)["split"]["seed"] == 999
+    ensure_demo_dataset(tmp_path, split_seed=5, **SMALL)
+    assert read_manifest(tmp_path)["split"]["seed"] == 5
+    inter = pd.read_parquet(DatasetLayout(tmp_path).interactions)
+    from mllmrec.data import mmrec_split
+
+    expected = mmrec_split(inter["user_id"].to_numpy(), inter["timestamp"].to_numpy(), seed=5)
+    np.testing.assert_array_equal(inter["x_label"].to_numpy(), expected)

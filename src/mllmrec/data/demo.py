@@ -9,6 +9,7 @@ the item/user texts can clearly beat popularity.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -132,9 +133,14 @@ def ensure_demo_dataset(root: str | Path, **kwargs) -> DatasetLayout:
         if is_processed(layout.root):
             from mllmrec.data.processed import read_manifest
 
-            gen = read_manifest(layout.root).get("generator", {})
-            wanted = {"version": DEMO_VERSION, "n_users": kwargs.get("n_users", 600),
-                      "n_items": kwargs.get("n_items", 300), "seed": kwargs.get("seed", 0)}
-            if gen == wanted:
+            manifest = read_manifest(layout.root)
+            args = {  # make_demo_dataset's defaults, overridden by kwargs
+                name: p.default for name, p in inspect.signature(make_demo_dataset).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            } | kwargs
+            wanted = {"version": DEMO_VERSION, "n_users": args["n_users"], "n_items": args["n_items"],
+                      "seed": args["seed"]}
+            split_seed = manifest.get("split", {}).get("seed")
+            if manifest.get("generator", {}) == wanted and split_seed == args["split_seed"]:
                 return layout
         return make_demo_dataset(layout.root, **kwargs)
