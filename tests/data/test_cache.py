@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -241,3 +243,21 @@ def test_numpy_scalars_hash_like_the_python_numbers_they_hold():
     assert stable_hash({"k": np.int64(10), "alpha": np.float64(0.5)}) == stable_hash({"k": 10, "alpha": 0.5})
     assert stable_hash(np.float64(0.5)) != stable_hash(np.float64(0.25))
     assert stable_hash(np.int64(3)) != stable_hash(np.float64(3.0))
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path, umask_022):
+    # mkstemp creates 0600 files: every cache file and manifest was unreadable to other users
+    # (shared data folders, a container writing for the host)
+    atomic_write_json(tmp_path / "a.json", {"v": 1})
+    atomic_save_npy(tmp_path / "b.npy", np.arange(3))
+    with atomic_path(tmp_path / "c.txt") as tmp:
+        tmp.write_text("x")
+    for name in ("a.json", "b.npy", "c.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

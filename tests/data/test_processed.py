@@ -267,3 +267,19 @@ def test_failed_final_rename_puts_the_previous_dataset_back(tmp_path, monkeypatc
     assert _snapshot(root / "processed") == before
     assert read_manifest(root)["name"] == "v1"
     assert _leftovers(root) == []
+
+
+def test_processed_folder_gets_the_usual_permissions(tmp_path):
+    # mkdtemp creates 0700 folders: processed/ (renamed from one) was unreadable to other users
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path)
+    finally:
+        os.umask(old)
+    layout = DatasetLayout(tmp_path)
+    assert stat.S_IMODE(layout.processed.stat().st_mode) == 0o755
+    assert stat.S_IMODE(layout.manifest.stat().st_mode) == 0o644
+    assert stat.S_IMODE(layout.items.stat().st_mode) == 0o644

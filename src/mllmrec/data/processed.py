@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mllmrec.cache import atomic_write_json, read_json
+from mllmrec.cache import _umask, atomic_write_json, read_json
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.interactions import InteractionData, interaction_data_from_frame
 from mllmrec.data.validation import require_file, validate_interaction_frame
@@ -119,6 +119,7 @@ def _staging_dir(final: Path) -> Iterator[Path]:
     """A temp dir beside ``final`` that replaces ``final`` on success and vanishes on failure."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; `final` should read like a plain mkdir
     trash = None
     try:
         yield tmp
