@@ -57,7 +57,12 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
             obj = obj.coalesce() if obj.is_sparse else obj.to_sparse_coo().coalesce()
             _feed(h, ("torch.sparse", obj.indices(), obj.values(), tuple(obj.shape)))
         else:
-            _feed(h, obj.detach().cpu().numpy())
+            dense = obj.detach().cpu()
+            try:
+                _feed(h, dense.numpy())
+            except TypeError:  # bfloat16, float8: no numpy dtype, so hash the raw bits + torch dtype
+                bits = dense.contiguous().reshape(-1).view(torch.uint8).numpy()
+                _feed(h, ("torch", str(dense.dtype), tuple(dense.shape), bits))
     elif isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)  # note: turns shape () into (1,), so key on obj.shape
         _feed(h, ("ndarray", str(arr.dtype), tuple(obj.shape)))

@@ -261,3 +261,16 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path, umask_022):
         tmp.write_text("x")
     for name in ("a.json", "b.npy", "c.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_bfloat16_tensors_can_be_hashed():
+    # torch dtypes without a numpy twin (bfloat16 is what MLLMs emit) raised
+    # "Got unsupported ScalarType BFloat16"
+    t = torch.linspace(0, 1, 6).reshape(2, 3).to(torch.bfloat16)
+    assert stable_hash(t) == stable_hash(t.clone())
+    assert stable_hash(t) != stable_hash(t.reshape(3, 2))
+    assert stable_hash(t) != stable_hash(t.to(torch.float16))
+    assert stable_hash(t) != stable_hash(t + 1)
+    assert stable_hash(torch.tensor(1.0, dtype=torch.bfloat16)) != stable_hash(
+        torch.tensor([1.0], dtype=torch.bfloat16)
+    )
