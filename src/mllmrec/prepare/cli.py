@@ -28,6 +28,8 @@ def run_prepare(cfg: DictConfig) -> PrepareOutcome:
     - ``generate: demo`` -> generate the synthetic demo dataset;
     - a ``source:`` block -> the Amazon pipeline (2014 or 2018 release).
     """
+    # httpx logs every request at INFO: tens of thousands of lines for the images
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     ds = cfg.dataset
     # output_root is resolved later: it names ${dataset.name}, which an mmrec import must set first
     opts = PrepareOptions.from_config(

@@ -113,7 +113,10 @@ def _fetch_once(client: httpx.Client, url: str, dest: Path, part: Path, progress
     from tqdm import tqdm
 
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # identity: byte offsets must count file bytes, not bytes of a compressed transfer
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     with client.stream("GET", url, headers=headers) as resp:
         if resp.status_code == 416 and offset:
             total = _content_range_total(resp.headers.get("Content-Range"))
@@ -147,7 +150,8 @@ def _fetch_once(client: httpx.Client, url: str, dest: Path, part: Path, progress
             total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name, disable=not progress,
             mininterval=0.5,
         ) as bar:
-            for chunk in resp.iter_bytes(CHUNK):
+            # raw and unchunked: every byte that arrived is on disk before a dropped connection raises
+            for chunk in resp.iter_raw():
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
