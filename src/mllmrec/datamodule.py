@@ -212,6 +212,17 @@ class MLLMRecDataModule(L.LightningDataModule):
         """Cheap checks of files and folders, before any heavy work."""
         cfg = self.dataset_cfg
         fmt = cfg.get("format", "processed")
+        if self.item_text_source == "image_description" and (
+            fmt == "mmrec" or self.mllm_cfg.get("name", "none") == "none"
+        ):
+            # without this check the item text would silently be used instead (the w/o T ablation
+            # would quietly equal the full model)
+            source = "dataset.format=mmrec serves fixed feature files" if fmt == "mmrec" else "mllm=none has none"
+            raise DatasetError(
+                "data.item_text_source=image_description (the 'w/o T' ablation) needs the MLLM's image "
+                f"descriptions, but {source}. Produce them with `python reason.py "
+                f"dataset={cfg['name']} mllm=<model>` and train with mllm=<model>."
+            )
         if fmt == "mmrec":
             root = Path(cfg["root"])
             files = [root / f"{cfg['name']}.inter"] + [
