@@ -360,6 +360,8 @@ def test_bad_inputs_raise() -> None:
         metrics.update(torch.arange(3), GOLDEN_SCORES)
     with pytest.raises(ValueError, match="users must lie in"):
         metrics.update(torch.tensor([0, 4]), GOLDEN_SCORES[:2])
+    with pytest.raises(ValueError, match="floating-point"):
+        metrics.update(torch.arange(4), (GOLDEN_SCORES * 10).long())
     nan_scores = GOLDEN_SCORES.clone()
     nan_scores[1, 4] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

@@ -222,6 +222,8 @@ class RankingMetrics:
             raise ValueError(f"users must hold integer ids, got dtype {users.dtype}")
         if not isinstance(scores, Tensor) or scores.dim() != 2:
             raise ValueError("scores must be a 2-D tensor of shape [B, n_items]")
+        if not scores.dtype.is_floating_point:  # -inf masking needs a float dtype
+            raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}; use .float()")
         if scores.shape != (users.shape[0], self.n_items):
             raise ValueError(
                 f"scores has shape {tuple(scores.shape)} but must be [len(users), n_items] = "
