@@ -1,0 +1,92 @@
+"""The datamodule picks up reasoning outputs, builds the no-LLM profiles, and checks what it reads."""
+
+from __future__ import annotations
+
+import hydra
+import numpy as np
+import pandas as pd
+import pytest
+
+from mllmrec.data import DatasetError, DatasetLayout
+from mllmrec.data.demo import ensure_demo_dataset
+from mllmrec.encoding import EncoderSpec, encode_texts
+
+
+def _datamodule(cfg):
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    return dm
+
+
+def _write_reasoning(root, n_items, n_users, name="fakellm", drop_user=False):
+    folder = DatasetLayout(root).reasoning(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = pd.DataFrame({
+        "item_id": np.arange(n_items),
+        "text": [f"text of item {i}" for i in range(n_items)],
+        "image_description": [f"a picture of thing {i % 7}" for i in range(n_items)],
+    })
+    items["description"] = items["text"] + " | " + items["image_description"]
+    users = pd.DataFrame({"user_id": np.arange(n_users), "profile": [f"likes thing {u % 5}" for u in range(n_users)]})
+    if drop_user:
+        users = users.iloc[:-1]
+    items.to_parquet(folder / "item_descriptions.parquet")
+    users.to_parquet(folder / "user_profiles.parquet")
+    return items, users
+
+
+def test_mllm_none_profiles_are_chronological_training_descriptions(train_cfg):
+    cfg = train_cfg()
+    dm = hydra.utils.instantiate(cfg.data)
+    ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
+    from mllmrec.data import load_processed_dataset, read_items
+
+    data = load_processed_dataset(cfg.dataset.root)
+    item_texts, user_texts = dm.item_and_user_texts(data)
+    items = read_items(cfg.dataset.root)
+    assert item_texts == items["text"].tolist()
+    inter = pd.read_parquet(DatasetLayout(cfg.dataset.root).interactions)
+    u = 3
+    rows = inter[(inter.user_id == u) & (inter.x_label == 0)].sort_values("timestamp", kind="stable")
+    assert user_texts[u] == "\n".join(item_texts[i] for i in rows.item_id)
+    held_out = inter[(inter.user_id == u) & (inter.x_label > 0)].item_id
+    for i in held_out:  # no valid/test item leaks into the profile
+        assert item_texts[i] not in user_texts[u].split("\n")
+
+
+def test_reasoning_outputs_are_encoded_by_source_column(train_cfg):
+    cfg = train_cfg("mllm.name=fakellm")
+    ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
+    items, users = _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users)
+    dm = _datamodule(cfg)
+    spec = EncoderSpec()
+    expected = encode_texts(items["description"].tolist()[:3], spec)
+    np.testing.assert_allclose(dm.item_features[:3].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(dm.user_features[:2].numpy(), encode_texts(users["profile"].tolist()[:2], spec), atol=1e-5)
+
+    text_only = _datamodule(train_cfg("mllm.name=fakellm", "data.item_text_source=text"))  # w/o V
+    np.testing.assert_allclose(text_only.item_features[:3].numpy(),
+                               encode_texts(items["text"].tolist()[:3], spec), atol=1e-5)
+
+
+def test_reasoning_table_with_missing_rows_is_rejected(train_cfg):
+    cfg = train_cfg("mllm.name=fakellm2")
+    ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
+    _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm2", drop_user=True)
+    with pytest.raises(DatasetError, match="user_profiles.parquet.*one row per id"):
+        _datamodule(cfg)
+
+
+def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):
+    import mllmrec.datamodule as dmod
+
+    seen = {}
+    real = dmod.cached_refined_item_graph
+
+    def spy(features, interactions, *args):
+        seen["interactions"] = interactions
+        return real(features, interactions, *args)
+
+    monkeypatch.setattr(dmod, "cached_refined_item_graph", spy)
+    dm = _datamodule(train_cfg())
+    assert (seen["interactions"] != dm.data.train).nnz == 0
