@@ -110,3 +110,18 @@ def test_killed_write_leaves_no_half_file(http_server, tmp_path: Path, monkeypat
 def test_large_image_url(url: str, large: str) -> None:
     assert large_image_url(url) == large
 
+
+
+def test_unreachable_host_gives_up_early(tmp_path: Path, caplog) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: every connect is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    urls = [f"http://127.0.0.1:{port}/{n}.jpg" for n in range(200)]
+    report = fetch_images(urls, tmp_path / "images", workers=2, **FAST)
+    reasons = [r for _, _, r in report.failures]
+    assert len(reasons) == 200 and report.paths == {}
+    assert 8 <= sum("ConnectError" in r for r in reasons) < 40     # gave up after ~8 in a row, not 200 x 3
+    assert sum(r.startswith("not attempted") for r in reasons) > 150
+    assert "could not reach the server" in caplog.text

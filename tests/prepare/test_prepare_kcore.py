@@ -90,3 +90,19 @@ def test_first_appearance_order() -> None:
 def test_everything_removed_gives_empty_result() -> None:
     filtered = mmrec_filter(encode_interactions(_table([("u", f"i{n}", 1.0, n) for n in range(4)])), 5)
     assert filtered.n_users == 0 and len(filtered.users) == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_duplicate_rows_matches_pandas(seed: int) -> None:
+    import pandas as pd
+
+    from mllmrec.prepare import kcore
+
+    rng = np.random.default_rng(seed)
+    u, i, t = rng.integers(0, 5, 400), rng.integers(0, 4, 400), rng.integers(0, 3, 400) * 86400 + 10**9
+    want = pd.DataFrame({"u": u, "i": i, "t": t}).duplicated(keep="first").to_numpy()
+    assert (kcore.duplicate_rows(u, i, t) == want).all()
+    assert want.sum() > 300  # many repeats: the keep-first order is really exercised
+    # ids too large to pack into one int64 take the pandas path, with the same answer
+    big = u.astype(np.int64) * 2**40
+    assert (kcore.duplicate_rows(big, i, t) == want).all()

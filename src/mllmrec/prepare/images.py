@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +95,12 @@ class ImageReport:
 
 
 class _Permanent(Exception):
-    """A failure no retry will fix (404, not an image)."""
+    """A failure no retry will fix (404, not an image), or retries that never reached the server
+    (``unreachable``)."""
+
+    def __init__(self, reason: str, unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.unreachable = unreachable
 
 
 def _decode_to_jpeg(data: bytes) -> bytes:
@@ -121,6 +126,7 @@ def _decode_to_jpeg(data: bytes) -> bytes:
 def _fetch_one(client: httpx.Client, url: str, dest: Path, retries: int, backoff_s: float) -> None:
     """Fetch, validate and atomically write one image; raises _Permanent with the reason."""
     last = "no attempt made"
+    connected = False
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff_delay(attempt - 1, backoff_s))
@@ -131,6 +137,7 @@ def _fetch_one(client: httpx.Client, url: str, dest: Path, retries: int, backoff
         except httpx.TransportError as err:
             last = f"{type(err).__name__}: {err}"
             continue
+        connected = True
         if resp.status_code in RETRYABLE_STATUS:
             last = f"HTTP {resp.status_code}"
             continue
@@ -142,7 +149,7 @@ def _fetch_one(client: httpx.Client, url: str, dest: Path, retries: int, backoff
         with atomic_path(dest) as tmp:
             tmp.write_bytes(data)
         return
-    raise _Permanent(f"gave up after {retries + 1} attempts: {last}")
+    raise _Permanent(f"gave up after {retries + 1} attempts: {last}", unreachable=not connected)
 
 
 def read_sources(images_dir: Path) -> dict[int, str]:
@@ -216,6 +223,9 @@ def fetch_images(
              len(report.failures))
     own_client = client is None
     client = client or make_client(timeout_s, max_connections=workers)
+    # offline (or the image host is gone): stop after this many failures to connect in a row with
+    # no success, instead of grinding through every item's retries (hours for 23k items)
+    give_up_after = max(8, 2 * workers)
     _write_sources(images_dir, sources)  # compact first: appends then never follow a torn line
     log_file = open(images_dir / SOURCES_FILE, "a", encoding="utf-8")
     try:
@@ -225,14 +235,30 @@ def fetch_images(
                 for item_id, url in todo
             }
             try:
+                unreachable_in_a_row, gave_up = 0, False
                 for future in tqdm(as_completed(futures), total=len(futures), desc="images", unit="img",
                                    disable=not progress, mininterval=0.5):
                     item_id, url = futures[future]
                     try:
                         future.result()
+                    except CancelledError:
+                        report.failures.append((item_id, url, "not attempted: the image host was unreachable"))
+                        continue
                     except _Permanent as err:
                         report.failures.append((item_id, url, str(err)))
+                        unreachable_in_a_row = unreachable_in_a_row + 1 if err.unreachable else 0
+                        if not gave_up and unreachable_in_a_row >= give_up_after and report.downloaded == 0:
+                            gave_up = True
+                            for other in futures:
+                                other.cancel()  # those already running finish; the rest are skipped
+                            log.warning(
+                                "images: the first %d downloads could not reach the server (%s). Offline? "
+                                "The remaining images are skipped and the dataset is written without them; "
+                                "run prepare.py again with prepare.force=true when online (present images "
+                                "are kept).", unreachable_in_a_row, err,
+                            )
                         continue
+                    unreachable_in_a_row = 0
                     report.paths[item_id] = f"{images_dir.name}/{image_file(images_dir, item_id).name}"
                     report.downloaded += 1
                     sources[item_id] = url

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 __all__ = [
     "EncodedInteractions",
     "FilteredInteractions",
+    "duplicate_rows",
     "encode_interactions",
     "first_appearance_ids",
     "kcore_rows",
@@ -53,6 +54,26 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), encoded.dictionary
 
 
+def duplicate_rows(users: np.ndarray, items: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """True for each row repeating an earlier row's (user, item, time) (``duplicated(keep="first")``).
+
+    The three columns are packed into one int64 and sorted once (stable, so the first occurrence
+    leads its group): about twice as fast as pandas' hashing of 5.7M distinct rows. Falls back to
+    pandas when the packed key would not fit in 63 bits.
+    """
+    t_codes, t_values = pd.factorize(timestamp)
+    n_u, n_i, n_t = int(users.max(initial=0)) + 1, int(items.max(initial=0)) + 1, max(len(t_values), 1)
+    if n_u * n_i * n_t >= 2**63:
+        frame = pd.DataFrame({"u": users, "i": items, "t": timestamp}, copy=False)
+        return frame.duplicated(keep="first").to_numpy()
+    key = (users.astype(np.int64) * n_i + items) * n_t + t_codes
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    dup = np.zeros(len(key), dtype=bool)
+    dup[order[1:]] = sorted_key[1:] == sorted_key[:-1]
+    return dup
+
+
 def encode_interactions(table: pa.Table) -> EncodedInteractions:
     """Drop rows missing user/item/time, then duplicate (user, item, time) rows (first kept).
 
@@ -69,7 +90,7 @@ def encode_interactions(table: pa.Table) -> EncodedInteractions:
     items, item_names = _codes(table.column("item"))
     timestamp = table.column("timestamp").to_numpy().astype(np.int64, copy=False)
     rating = table.column("rating").to_numpy().astype(np.float32)  # nulls come back as NaN
-    dup = pd.DataFrame({"u": users, "i": items, "t": timestamp}, copy=False).duplicated(keep="first").to_numpy()
+    dup = duplicate_rows(users, items, timestamp)
     keep = ~dup
     # the codes may now name users/items with no row left; harmless: ids are re-made after the k-core
     return EncodedInteractions(
