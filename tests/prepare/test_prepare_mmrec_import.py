@@ -92,3 +92,11 @@ def test_missing_inter_file_is_a_clear_error(tmp_path: Path) -> None:
     src = _mmrec_folder(tmp_path / "mmrec")
     with pytest.raises(DatasetError, match="baby.inter does not exist.*dataset.name"):
         import_mmrec(src, "baby", tmp_path / "out", OPTS)
+
+
+def test_feature_files_are_checked(tmp_path: Path) -> None:
+    src = _mmrec_folder(tmp_path / "mmrec")
+    import_mmrec(src, "toy", tmp_path / "ok", OPTS, feature_files={"item": "text_feat.npy", "user": "absent.npy"})
+    np.save(src / "user_feat.npy", np.zeros((5, 4), np.float32))  # 12 users in the .inter
+    with pytest.raises(DatasetError, match="user_feat.npy has 5 rows but the dataset has 12 users"):
+        import_mmrec(src, "toy", tmp_path / "bad", OPTS, feature_files={"user": "user_feat.npy"})

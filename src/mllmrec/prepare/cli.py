@@ -45,7 +45,9 @@ def run_prepare(cfg: DictConfig) -> PrepareOutcome:
         from mllmrec.prepare.mmrec_import import import_mmrec
 
         out = cfg.prepare.get("output_root") or root
-        return import_mmrec(root, name, out, opts, meta_file=meta_file, display_name=ds.get("display_name"))
+        features = {"item": ds.get("item_features"), "user": ds.get("user_features")}
+        return import_mmrec(root, name, out, opts, meta_file=meta_file, display_name=ds.get("display_name"),
+                            feature_files=features)
 
     if ds.get("generate") == "demo":
         from mllmrec.data.demo import ensure_demo_dataset

@@ -26,7 +26,7 @@ from mllmrec.data.errors import DatasetError
 from mllmrec.data.interactions import interaction_data_from_frame
 from mllmrec.data.mmrec import read_mmrec_inter
 from mllmrec.data.processed import FORMAT_VERSION, DatasetLayout, write_processed_dataset
-from mllmrec.data.validation import require_file
+from mllmrec.data.validation import load_feature_matrix, require_file
 from mllmrec.prepare.amazon import read_meta
 from mllmrec.prepare.download import sha256_file
 from mllmrec.prepare.images import fetch_images
@@ -99,12 +99,27 @@ def import_mmrec(
     opts: PrepareOptions,
     meta_file: str | Path | None = None,
     display_name: str | None = None,
+    feature_files: dict[str, str | None] | None = None,
 ) -> PrepareOutcome:
-    """Validate an MMRec folder and write it in the processed format under ``out_root``."""
+    """Validate an MMRec folder and write it in the processed format under ``out_root``.
+
+    ``feature_files`` (``{"item": name, "user": name}``, the dataset config's ``item_features`` /
+    ``user_features``) are checked when present: one finite row per item / user. They are not
+    copied: training reads them from the MMRec folder.
+    """
     src = Path(src_root)
     frame, inter_path = read_mmrec_inter(src, name)
     # the same checks train.py dataset=mmrec applies: non-empty valid and test splits, ids
-    interaction_data_from_frame(frame, name=name, source=src, origin=str(inter_path))
+    data = interaction_data_from_frame(frame, name=name, source=src, origin=str(inter_path))
+    for kind, fname in (feature_files or {}).items():
+        if not fname:
+            continue
+        if (src / fname).is_file():
+            rows = data.n_items if kind == "item" else data.n_users
+            load_feature_matrix(src / fname, rows, kind)
+            log.info("%s: %s features %s look right (%d rows)", name, kind, fname, rows)
+        else:
+            log.info("%s: no %s feature file %s (train.py dataset=mmrec would need it)", name, kind, src / fname)
     if meta_file is not None:
         meta_file = require_file(Path(meta_file), "prepare.meta_file",
                                  "Point it at the category's raw meta_<Cat>.json.gz, or set it to null.")
