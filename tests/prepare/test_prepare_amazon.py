@@ -153,3 +153,12 @@ def test_2018_meta_fields(tmp_path: Path) -> None:
     assert fields == {"title": "Gift & Card", "brand": "Amazon", "categories": ["Gift Cards", "Gift Cards"],
                       "description": 'First. Second "para".',
                       "image_url": "https://images-na.ssl-images-amazon.com/images/I/317ZQtCvFzL._SX38_SY50_CR,0,0,38,50_.jpg"}
+
+
+def test_unreadable_ratings_file_is_a_dataset_error(tmp_path: Path) -> None:
+    from mllmrec.data.errors import DatasetError
+
+    path = tmp_path / "ratings_Baby.csv"
+    path.write_bytes(b"A1,B01,5.0,100\nA\xff\xfe,B02,4.0,200\n")  # not UTF-8
+    with pytest.raises(DatasetError, match="ratings_Baby.csv: cannot be read as a ratings CSV"):
+        read_ratings_2014(path)

@@ -124,7 +124,8 @@ def read_ratings_2014(path: str | Path) -> tuple[pa.Table, BadLines]:
     names = [f.name for f in INTERACTION_SCHEMA]
 
     def read(types: dict[str, pa.DataType]) -> pa.Table:
-        bad.count, bad.examples[:] = 0, []
+        bad.count = 0  # a second read reports every bad line again
+        bad.examples.clear()
         skipped.clear()
         return pacsv.read_csv(
             path,
@@ -139,14 +140,17 @@ def read_ratings_2014(path: str | Path) -> tuple[pa.Table, BadLines]:
         )
 
     try:
-        table = read({f.name: f.type for f in INTERACTION_SCHEMA})
-    except pa.ArrowInvalid as err:
-        if "conversion error" not in str(err):
-            raise DatasetError(f"{path}: cannot be read as a ratings CSV ({err}).") from err
-        table = read({name: pa.string() for name in names})
-        table = _coerce_numeric(table, bad, skipped)
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: cannot be read as a ratings CSV ({err}).") from err
+        try:
+            table = read({f.name: f.type for f in INTERACTION_SCHEMA})
+        except pa.ArrowInvalid as err:
+            if "conversion error to double" not in str(err) and "conversion error to int64" not in str(err):
+                raise
+            table = _coerce_numeric(read({name: pa.string() for name in names}), bad, skipped)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DatasetError(
+            f"{path}: cannot be read as a ratings CSV (user,asin,rating,unix_time; no header): {err}. "
+            "Is it the right file, complete and not compressed?"
+        ) from err
     return table, bad
 
 
@@ -192,10 +196,11 @@ def read_reviews_2018(path: str | Path) -> tuple[pa.Table, BadLines]:
         ("unixReviewTime", pa.int64()),
     ])
     try:
-        raw = pajson.read_json(
-            _decompressed(path),
-            parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-        )
+        with _decompressed(path) as stream:
+            raw = pajson.read_json(
+                stream,
+                parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+            )
         table = pa.Table.from_arrays([raw.column(k) for k in REVIEW_KEYS_2018], schema=INTERACTION_SCHEMA)
         return table, BadLines(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
