@@ -1,6 +1,7 @@
 """Train and evaluate MLLMRec:  python train.py [dataset=baby mllm=qwen25vl graph.alpha=0.7 ...]
 
-Sweeps:  python train.py -m graph.alpha=0.4,0.5,0.6,0.7 graph.kc=5,10,15,20
+Sweeps:  python train.py -m graph.alpha=0.4,0.5,0.6,0.7 graph.kc=5,10,15,20 [hydra/launcher=gpus]
+         python train.py -m hparams_search=optuna          (docs/sweeps.md)
 """
 
 import os
@@ -17,9 +18,16 @@ load_dotenv(ROOT / ".env")  # WANDB_*, MLLMREC_DATA_DIR, ...: see .env.example
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from mllmrec.training import objective, train
+    from mllmrec.sweep.objective import objective
+    from mllmrec.sweep.resume import finished_summary
 
-    summary, _ = train(cfg)
+    summary = finished_summary(cfg)  # a rerun of a named sweep skips the jobs it already finished
+    if summary is None:
+        from mllmrec.sweep.task import job_context
+        from mllmrec.training import train
+
+        with job_context(cfg):  # logs + records a failure; finishes this job's W&B run
+            summary, _ = train(cfg)
     return objective(summary, cfg.optimized_metric)
 
 

@@ -16,8 +16,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
+from mllmrec.callbacks import log_results
 from mllmrec.config import validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
+from mllmrec.sweep.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
+from mllmrec.sweep.resume import config_fingerprint
+from mllmrec.sweep.tracking import prepare_wandb_logger
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg.model._target_, datamodule))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    prepare_wandb_logger(cfg)  # offline unless W&B can be reached; group/name from the sweep
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
@@ -141,21 +146,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         }
         rows["popularity valid"] = summary["popularity"]["valid"]
         rows["popularity test"] = summary["popularity"]["test"]
+    summary["config_fingerprint"] = config_fingerprint(cfg)  # lets a rerun of the sweep skip this job
     atomic_write_json(output_dir / "metrics.json", summary)
+    log_results(loggers, rows)
     _print_table(rows)
     log.info("metrics written to %s", output_dir / "metrics.json")
     return summary, {"datamodule": datamodule, "model": model, "trainer": trainer}
-
-
-def objective(summary: dict, metric: str) -> float:
-    """The value ``train.py`` returns to sweepers: a validation metric of the best epoch."""
-    key = metric.split("/", 1)[-1]
-    if key not in summary.get("valid", {}):
-        raise KeyError(
-            f"optimized_metric={metric!r} was not logged; available: "
-            f"{sorted('val/' + k for k in summary.get('valid', {}))}"
-        )
-    return float(summary["valid"][key])
 
 
 if __name__ == "__main__":  # pragma: no cover
