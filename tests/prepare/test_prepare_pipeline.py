@@ -197,3 +197,28 @@ def test_amazon_2018_release(http_server, tmp_path: Path) -> None:
     items = read_items(tmp_path / "gc")
     assert items.text[0] == f"T {items.source_id[0]} Gift Cards Sub d1 d2"
     assert items.image_path.notna().all()
+
+
+def test_images_of_renumbered_items_are_not_reused(served, tmp_path: Path) -> None:
+    from mllmrec.prepare.images import read_sources
+
+    server, *_ = served
+    root = tmp_path / "baby"
+    _prepare(root, server)
+    # five new users x five new items at the top of the file take ids 0..4 and shift every other id
+    raw = root / "raw" / "ratings_Baby.csv"
+    block = "".join(f"ANEW{u},BNEW{i},5.0,{1_400_000_000 + i}\n" for u in range(5) for i in range(5))
+    raw.write_text(block + raw.read_text())
+    _prepare(root, server, images=False)
+    items = read_items(root)
+    assert items.source_id[:5].tolist() == [f"BNEW{i}" for i in range(5)]
+    assert items.image_path[:5].isna().all()
+    # every old item moved 5 ids up, so each file on disk now shows another product: none is used
+    assert items.image_path.isna().all()
+    # with images on, they are fetched again for their new ids
+    _prepare(root, server)
+    items = read_items(root)
+    sources = read_sources(root / "images")
+    shown = items[items.image_path.notna()]
+    assert len(shown) == items.image_url.notna().sum() - 1  # all but the corrupt one
+    assert all(sources[i] == url for i, url in zip(shown.item_id, shown.image_url))

@@ -132,7 +132,7 @@ def import_mmrec(
     layout = DatasetLayout(out_root)
     key = stable_hash({
         "prepare_version": PREPARE_VERSION, "mllmrec": __version__, "format_version": FORMAT_VERSION,
-        "name": name, "kind": "mmrec-import", "inputs": inputs,
+        "name": name, "display_name": display_name, "kind": "mmrec-import", "inputs": inputs,
         "images": bool(opts.images) and meta_file is not None,
     })
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def import_mmrec(
                                  timeout_s=float(opts.image_timeout_s), retries=int(opts.image_retries),
                                  backoff_s=float(opts.backoff_s), progress=opts.progress).paths
         else:
-            paths = present_images(layout, n_items)
+            paths = present_images(layout, urls)
         items = build_items(item_source, meta, urls, paths)
         users = pd.DataFrame({"user_id": np.arange(n_users, dtype=np.int64), "source_id": user_source})
         timestamp = frame["timestamp"].to_numpy()

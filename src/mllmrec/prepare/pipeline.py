@@ -31,7 +31,7 @@ from mllmrec.data.split import mmrec_split
 from mllmrec.data.text import mmrec_item_text
 from mllmrec.prepare.amazon import item_fields, read_interactions, read_meta
 from mllmrec.prepare.download import ensure_file
-from mllmrec.prepare.images import fetch_images, large_image_url
+from mllmrec.prepare.images import fetch_images, large_image_url, read_sources
 from mllmrec.prepare.kcore import FilteredInteractions, encode_interactions, mmrec_filter
 
 log = logging.getLogger(__name__)
@@ -248,12 +248,20 @@ def image_urls(item_source: np.ndarray, meta: Mapping[str, dict], variant: str) 
     return urls
 
 
-def present_images(layout: DatasetLayout, n_items: int) -> dict[int, str]:
-    """Image paths of files already on disk (used when prepare.images=false)."""
+def present_images(layout: DatasetLayout, urls: list[str | None]) -> dict[int, str]:
+    """Image paths of files already on disk (used when prepare.images=false).
+
+    A file recorded in ``images/sources.tsv`` as fetched from another URL belongs to an earlier
+    input whose ids differed: it is not used.
+    """
     if not layout.images.is_dir():
         return {}
+    sources = read_sources(layout.images)
     present = {p.name for p in layout.images.glob("*.jpg")}
-    return {i: f"images/{i}.jpg" for i in range(n_items) if f"{i}.jpg" in present}
+    return {
+        i: f"images/{i}.jpg" for i, url in enumerate(urls)
+        if f"{i}.jpg" in present and sources.get(i, url) == url
+    }
 
 
 def _filter(
@@ -313,7 +321,7 @@ def prepare_amazon(
                             "sha256_matches": None if not expected else digest == expected.lower()}
         key = stable_hash({
             "prepare_version": PREPARE_VERSION, "mllmrec": __version__, "format_version": FORMAT_VERSION,
-            "name": name, "release": source.release, "category": source.category,
+            "name": name, "display_name": display_name, "release": source.release, "category": source.category,
             "inputs": {f: v["sha256"] for f, v in files.items()},
             "k": int(opts.k_core), "split": {"mode": opts.split_mode, "seed": int(split_seed)},
             "images": {"enabled": bool(opts.images), "variant": source.image_variant},
@@ -351,7 +359,7 @@ def prepare_amazon(
             image_stats.update(downloaded=report.downloaded, reused=report.reused, failed=len(report.failures),
                                failures_file="images/failures.csv")
         else:
-            paths = present_images(layout, filtered.n_items)
+            paths = present_images(layout, urls)
         image_stats["with_image"] = len(paths)
 
         items = build_items(filtered.item_source, meta, urls, paths)
