@@ -29,6 +29,8 @@ class GpuLauncherConf:
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.mllmrec_sweep.optuna_sweeper.OptunaSweeper"
+    # the sweeper instantiates the sampler itself (its seed is offset on resume)
+    _recursive_: bool = False
     # any optuna sampler; seeded TPE by default
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 999})
     direction: str = "maximize"
