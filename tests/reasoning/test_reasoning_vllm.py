@@ -1,0 +1,156 @@
+"""The vLLM backend against a fake engine injected at the ``vllm.LLM`` boundary."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from mllmrec.data import DatasetLayout
+from mllmrec.reasoning import generation_key, image_prompt, run_reasoning
+from mllmrec.reasoning.backends.base import BackendNotInstalled
+from mllmrec.reasoning.store import GenerationStore
+
+from conftest import tiny_overrides
+
+
+class FakeLLM:
+    """Records what the backend asks of ``vllm.LLM`` and answers like vLLM's ``RequestOutput``."""
+
+    instances: list["FakeLLM"] = []
+    fail_on_call: int | None = None  # raise on this chat call (1-based): a crash mid-run
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        self.chats: list[tuple[list, list]] = []
+        FakeLLM.instances.append(self)
+
+    def chat(self, messages, sampling_params=None, use_tqdm=True):
+        self.chats.append((messages, sampling_params))
+        if FakeLLM.fail_on_call == len(self.chats):
+            raise RuntimeError("CUDA error: simulated crash")
+        outputs = []
+        for conversation, params in zip(messages, sampling_params):
+            content = conversation[-1]["content"]
+            if isinstance(content, list):
+                image = next(p["image_pil"] for p in content if p["type"] == "image_pil")
+                text = "a product whose colour is rgb{}".format(image.getpixel((0, 0)))
+            else:
+                text = f"profile of a prompt with {len(content)} characters"
+            ids = list(range(min(params.kwargs["max_tokens"], len(text.split()))))
+            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=ids, finish_reason="stop")]))
+        return outputs
+
+    def get_tokenizer(self):
+        return SimpleNamespace(encode=lambda text, add_special_tokens=False: text.split(),
+                               decode=lambda ids, skip_special_tokens=True: " ".join(ids))
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = FakeLLM
+    module.SamplingParams = FakeSamplingParams
+    FakeLLM.instances, FakeLLM.fail_on_call = [], None
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return module
+
+
+def vllm_cfg(reason_cfg, root: Path, *extra: str):
+    return reason_cfg(*tiny_overrides(root, "mllm=gemma3_4b", "reason.backend=vllm", *extra))
+
+
+def test_missing_vllm_says_how_to_install_or_switch(tiny_root, reason_cfg, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # "not installed", even where it is
+    with pytest.raises(BackendNotInstalled) as err:
+        run_reasoning(vllm_cfg(reason_cfg, tiny_root))
+    message = str(err.value)
+    assert 'pip install -e ".[vllm]"' in message and "reason.backend=openai" in message
+    assert "reason.backend=transformers" in message
+
+
+def test_one_engine_built_from_the_mllm_config(fake_vllm, tiny_root, reason_cfg) -> None:
+    run_reasoning(vllm_cfg(reason_cfg, tiny_root, "mllm.vllm.tensor_parallel_size=2"))
+    assert len(FakeLLM.instances) == 1
+    kwargs = FakeLLM.instances[0].kwargs
+    assert kwargs["model"] == "google/gemma-3-4b-it" and kwargs["dtype"] == "bfloat16"
+    assert kwargs["max_model_len"] == 8192 and kwargs["tensor_parallel_size"] == 2
+    assert kwargs["limit_mm_per_prompt"] == {"image": 1} and kwargs["gpu_memory_utilization"] == 0.9
+    assert kwargs["mm_processor_kwargs"] == {"do_pan_and_scan": False} and kwargs["seed"] == 0
+
+
+def test_chunks_carry_pil_images_and_per_request_sampling(fake_vllm, tiny_root, reason_cfg) -> None:
+    from PIL import Image
+
+    result = run_reasoning(vllm_cfg(reason_cfg, tiny_root, "reason.chunk_size=2"))
+    chats = FakeLLM.instances[0].chats
+    # 3 readable images -> chunks of 2 + 1; 3 users -> 2 + 1
+    assert [len(messages) for messages, _ in chats] == [2, 1, 2, 1]
+    first = chats[0][0][0][0]["content"]
+    assert first[0]["type"] == "image_pil" and isinstance(first[0]["image_pil"], Image.Image)
+    assert first[1] == {"type": "text", "text": image_prompt("Baby")}
+    params = chats[0][1][0].kwargs
+    assert params == {"max_tokens": 160, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    # outputs land on their own items: the engine describes each image by its colour
+    descriptions = result.tables["image_descriptions"]["image_description"].tolist()
+    assert descriptions[:3] == [f"a product whose colour is rgb{c}" for c in
+                                [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+
+
+def test_text_only_engine_reserves_no_image_inputs(fake_vllm, tiny_root, reason_cfg) -> None:
+    run_reasoning(reason_cfg(*tiny_overrides(tiny_root, "mllm=gemma3_4b", "mllm.vision=false",
+                                             "reason.backend=vllm")))
+    kwargs = FakeLLM.instances[0].kwargs
+    assert "limit_mm_per_prompt" not in kwargs and "mm_processor_kwargs" not in kwargs
+    assert all(isinstance(c[-1]["content"], str) for messages, _ in FakeLLM.instances[0].chats for c in messages)
+
+
+def test_cache_keys_are_content_keys(fake_vllm, tiny_root, reason_cfg) -> None:
+    import hashlib
+
+    run_reasoning(vllm_cfg(reason_cfg, tiny_root))
+    store = GenerationStore(DatasetLayout(tiny_root).reasoning("gemma3_4b") / "generations")
+    store.refresh()
+    sampling = {"max_tokens": 160, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    sha = hashlib.sha256((tiny_root / "images" / "0.png").read_bytes()).hexdigest()
+    key = generation_key("google/gemma-3-4b-it@main", [("user", image_prompt("Baby"), sha)], sampling)
+    assert store.get(key).text == "a product whose colour is rgb(255, 0, 0)"
+    # every ingredient changes the key
+    variants = [
+        generation_key("google/gemma-3-4b-it@abc123", [("user", image_prompt("Baby"), sha)], sampling),
+        generation_key("google/gemma-3-4b-it@main", [("user", image_prompt("Baby"), "0" * 64)], sampling),
+        generation_key("google/gemma-3-4b-it@main", [("user", image_prompt("Toys"), sha)], sampling),
+        generation_key("google/gemma-3-4b-it@main", [("user", image_prompt("Baby"), sha)], {**sampling, "seed": 1}),
+        generation_key("google/gemma-3-4b-it@main", [("user", image_prompt("Baby"), sha)], {**sampling, "max_tokens": 8}),
+    ]
+    assert len({key, *variants}) == 6
+
+
+def test_resume_after_a_crash_mid_run_loses_and_duplicates_nothing(fake_vllm, tiny_root, reason_cfg) -> None:
+    cfg = vllm_cfg(reason_cfg, tiny_root, "reason.chunk_size=1")
+    FakeLLM.fail_on_call = 3  # two image chunks published, the engine dies on the third
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_reasoning(cfg)
+    layout = DatasetLayout(tiny_root)
+    assert not (layout.reasoning("gemma3_4b") / "manifest.json").exists()
+    shards = layout.reasoning("gemma3_4b") / "generations" / "shards"
+    assert len(list(shards.glob("*.parquet"))) == 2
+
+    FakeLLM.fail_on_call = None
+    result = run_reasoning(cfg)
+    resumed = FakeLLM.instances[-1].chats
+    # only the 1 missing image + the 3 profiles are asked for again
+    assert [len(m) for m, _ in resumed] == [1, 1, 1, 1]
+    frames = pd.concat([pd.read_parquet(p) for p in shards.glob("*.parquet")])
+    assert frames["key"].is_unique and len(frames) == 3 + 3
+    assert result.tables["image_descriptions"]["status"].tolist()[:3] == ["ok"] * 3
+    assert set(result.tables["user_profiles"]["status"]) == {"ok"}
