@@ -21,7 +21,6 @@ import gzip
 import io
 import json
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +209,7 @@ def read_reviews_2018(path: str | Path) -> tuple[pa.Table, BadLines]:
     return _read_reviews_2018_slow(path)
 
 
-def _decompressed(path: Path) -> pa.NativeFile | BinaryIO:
+def _decompressed(path: Path) -> pa.NativeFile:
     """A stream of the file's bytes (gzip detected by content, not by name)."""
     with open(path, "rb") as probe:
         gz = probe.read(2) == b"\x1f\x8b"
