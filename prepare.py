@@ -10,12 +10,14 @@ See docs/prepare.md and conf/prepare.yaml.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 from dotenv import load_dotenv
 
 # before Hydra composes the config: conf/paths reads PROJECT_ROOT / MLLMREC_DATA_DIR from the env
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 load_dotenv(Path(__file__).resolve().parent / ".env")
 
 import hydra  # noqa: E402
