@@ -1,14 +1,26 @@
-"""MLLMRec (Section 4.2.3-4.3): frozen text features through the refined item graph, two MLP towers, BPR."""
+"""MLLMRec (Section 4.2.3-4.3): frozen text features through the refined item graph, two MLP towers, BPR.
+
+Optionally (``ui_layers > 0``, the paper's "w/ GCN_UI" ablation) a LightGCN branch on the user-item
+graph is added on top of the towers' outputs, as in the authors' commented-out code.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllmrec.graph import normalize_adjacency, propagate
 from mllmrec.models.base import Recommender, bpr_loss
+from mllmrec.models.ui_graph import (
+    SparseOperator,
+    bipartite_edges,
+    normalized_bipartite_adjacency,
+    sparse_propagate,
+)
 
 __all__ = ["MLLMRec", "mlp_tower"]
 
@@ -26,7 +38,7 @@ def mlp_tower(in_dim: int, hidden_dim: int, out_dim: int, negative_slope: float 
 
 
 class MLLMRec(Recommender):
-    """The MLLMRec model.
+    r"""The MLLMRec model.
 
     Item side: ``E*_I = sum_{l=0..L} Â^l E_I`` (Eq. 11-12, Â the normalised refined graph), then an MLP
     tower. User side: the encoded preference profiles ``E_U`` (Eq. 13) through an MLP tower of the same
@@ -43,6 +55,16 @@ class MLLMRec(Recommender):
         n_users: number of users (used when ``user_features`` is None).
         d: output dimension; hidden_dim: d1 (None = 4 * d, as in the authors' code).
         layers: L, item-item propagation depth (0 = no graph).
+        train_interactions: training split ``R`` (scipy sparse ``[U, I]``); needed when ``ui_layers > 0``.
+        ui_layers: depth of the user-item branch ("w/ GCN_UI"; 0 = off, the paper's model). When on,
+
+            .. math::
+                [Z_U; Z_I] = \sum_{l=0}^{L_{ui}} \hat A^l \,\mathrm{normalize}([H_U; H_I]), \qquad
+                H_U \leftarrow H_U + Z_U, \quad H_I \leftarrow H_I + Z_I
+
+            with ``Â`` the normalised bipartite graph of ``R`` and row-wise L2 normalisation; unlike the
+            item-item propagation this depends on the towers' weights, so it runs in every batch over
+            all users and items.
     """
 
     def __init__(
@@ -58,14 +80,18 @@ class MLLMRec(Recommender):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         ks: Sequence[int] = (10, 20),
+        train_interactions: sp.spmatrix | None = None,
+        ui_layers: int = 0,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
         if d < 1:
             raise ValueError(f"model.d must be >= 1, got {d}")
         if layers < 0:
             raise ValueError(f"graph.layers must be >= 0, got {layers}")
+        if ui_layers < 0:
+            raise ValueError(f"model.ui_layers must be >= 0, got {ui_layers}")
         hidden_dim = hidden_dim or 4 * d
-        self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph"])
+        self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph", "train_interactions"])
         n_items, feat_dim = item_features.shape
         self.n_items, self.layers = n_items, layers
         self.register_buffer("item_features", item_features.float(), persistent=False)
@@ -85,6 +111,22 @@ class MLLMRec(Recommender):
             user_dim = feat_dim
         self.item_tower = mlp_tower(feat_dim, hidden_dim, d, negative_slope)
         self.user_tower = mlp_tower(user_dim, hidden_dim, d, negative_slope)
+        self.ui_layers = ui_layers
+        self.ui_graph: SparseOperator | None = None
+        if ui_layers > 0:
+            if train_interactions is None:
+                raise ValueError("model.ui_layers > 0 (w/ GCN_UI) needs train_interactions")
+            if train_interactions.shape[1] != n_items:
+                raise ValueError(f"train_interactions has {train_interactions.shape[1]} items, "
+                                 f"item_features {n_items}")
+            n_graph_users = train_interactions.shape[0]
+            if user_features is not None and user_features.shape[0] != n_graph_users:
+                raise ValueError(f"train_interactions has {n_graph_users} users, user_features "
+                                 f"{user_features.shape[0]}")
+            self.n_users = n_graph_users
+            users, items = bipartite_edges(train_interactions)
+            self.ui_graph = SparseOperator(normalized_bipartite_adjacency(users, items, n_graph_users, n_items))
+        self._eval_users: Tensor | None = None
         self._eval_items: Tensor | None = None
 
     # ------------------------------------------------------------------ representations
@@ -113,15 +155,34 @@ class MLLMRec(Recommender):
         inputs = self.propagated_items()
         return self.item_tower(inputs if items is None else inputs[items])
 
+    def all_user_inputs(self) -> Tensor:
+        return self.user_table.weight if self.user_table is not None else self.user_features
+
+    def ui_branch(self) -> tuple[Tensor, Tensor]:
+        """w/ GCN_UI: ``(H_U + Z_U, H_I + Z_I)`` for all users [U, d] and items [I, d]."""
+        assert self.ui_graph is not None
+        h_u = self.user_tower(self.all_user_inputs())
+        h_i = self.item_repr()
+        z = sparse_propagate(self.ui_graph, F.normalize(torch.cat([h_u, h_i])), self.ui_layers, reduce="sum")
+        return h_u + z[: h_u.shape[0]], h_i + z[h_u.shape[0] :]
+
     # ------------------------------------------------------------------ Recommender
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
-        h_u = self.user_repr(users)
-        h_pos, h_neg = self.item_repr(positives), self.item_repr(negatives)
+        if self.ui_graph is not None:
+            all_users, all_items = self.ui_branch()
+            h_u, h_pos, h_neg = all_users[users], all_items[positives], all_items[negatives]
+        else:
+            h_u = self.user_repr(users)
+            h_pos, h_neg = self.item_repr(positives), self.item_repr(negatives)
         return bpr_loss((h_u * h_pos).sum(-1), (h_u * h_neg).sum(-1))
 
     def prepare_eval(self) -> None:
-        self._eval_items = self.item_repr()
+        if self.ui_graph is not None:
+            self._eval_users, self._eval_items = self.ui_branch()
+        else:
+            self._eval_users, self._eval_items = None, self.item_repr()
 
     def full_scores(self, users: Tensor) -> Tensor:
         assert self._eval_items is not None
-        return self.user_repr(users) @ self._eval_items.T
+        h_u = self._eval_users[users] if self._eval_users is not None else self.user_repr(users)
+        return h_u @ self._eval_items.T
