@@ -201,6 +201,13 @@ def test_semantic_graph_accepts_float64_and_scaled_features():
     # cosine ignores the row scale, including scales that would overflow a naive float32 norm
     scaled = features * torch.logspace(-30, 30, 30).unsqueeze(1)
     assert torch.equal(semantic_graph(scaled, k=4, alpha=0.2).indices(), reference.indices())
+    beyond_float32 = features.double() * torch.logspace(-300, 300, 30, dtype=torch.float64).unsqueeze(1)
+    assert torch.equal(semantic_graph(beyond_float32, k=4, alpha=0.2).indices(), reference.indices())
+
+
+def test_duplicate_representative_is_the_lowest_identical_row():
+    rows = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.6, 0.8], [0.0, 0.0], [-0.0, 0.0], [0.6, 0.8000001], [1.0, 0.0]])
+    assert graph._duplicate_representative(rows).tolist() == [0, 1, 0, 3, 3, 5, 1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -522,3 +529,10 @@ def test_graph_statistics_without_cooccurrence():
     stats = graph_statistics(FEATURES, INTERACTIONS, 3, 0.2, 0)
     assert stats["cooccurrence_edges"] == 0 and stats["overlap_edges"] == 0
     assert stats["final_edges"] == stats["alpha_kept"]
+
+
+def test_graph_statistics_with_k_larger_than_the_number_of_items():
+    stats = graph_statistics(FEATURES, INTERACTIONS, 50, -1.0, 50)
+    assert stats["knn_edges"] == stats["alpha_kept"] == 100 and stats["alpha_pruned"] == 0
+    assert stats["knn_similarities"].shape == (90,)
+    assert stats["final_edges"] == 100 and stats["overlap_edges"] == stats["cooccurrence_edges"]

@@ -13,11 +13,13 @@ The sum is normalised as ``D^-1/2 A D^-1/2`` with ``D`` the row sums (Eq. 11) an
 propagated as ``sum_{l=0..L} A^l X`` (Eq. 12).
 
 Scale: nothing here builds a dense ``I x I`` or ``U x I`` matrix. Similarities are ranked in row chunks
-(``chunk_size x I`` floats at a time, ``torch.mm`` + ``topk``, so the same code runs on a GPU when the
-features live there) and co-occurrences come from the sparse product ``R^T R`` (scipy), computed a block
-of item rows at a time, so a popular user or item that makes some rows dense cannot blow up memory.
+(at most ``chunk_size x I`` floats at a time, ``torch.mm`` + ``topk``, so the same code runs on a GPU
+when the features live there; cosine being symmetric, only the upper triangle is multiplied) and
+co-occurrences come from the sparse product ``R^T R`` (scipy), computed a block of item rows at a time,
+so a popular user or item that makes some rows dense cannot blow up memory.
 
-Ties are broken deterministically everywhere: among equal scores the lower item id wins.
+Ties are broken deterministically everywhere: among equal scores the lower item id wins (in the
+semantic graph the item itself always comes first in its own row).
 """
 
 from __future__ import annotations
@@ -171,10 +173,11 @@ def _unit_rows(features: Tensor) -> tuple[Tensor, Tensor]:
     Zero rows stay zero, which makes their cosine 0 against every item (themselves included). Rows are
     first divided by their largest magnitude so tiny or huge values cannot under/overflow the norm.
     """
-    x = features.detach().to(torch.float32)
+    x = features.detach()
     max_abs = x.abs().amax(dim=1, keepdim=True)
     nonzero = max_abs.squeeze(1) > 0
-    x = x / torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs))
+    # scale in the input dtype, then cast: float64 rows beyond float32's range must not become inf
+    x = (x / torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs))).to(torch.float32)
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     return x / torch.where(norm > 0, norm, torch.ones_like(norm)), nonzero
 
@@ -447,7 +450,9 @@ def semantic_graph(
 
     The top-``K_s`` is taken over the whole row, the item itself included, and the item itself always
     ranks first (``s_aa = 1`` is the row maximum), so every item with non-zero features keeps its
-    self-loop for any ``alpha <= 1``. Among equal similarities the lower item id wins. An item whose
+    self-loop for any ``alpha <= 1``. Among equal similarities the lower item id wins; items with
+    identical (normalised) features are guaranteed to tie exactly, while similarities that differ
+    only by float32 rounding (about ``d * 1e-7``) may rank either way. An item whose
     feature row is all zeros has cosine 0 against every item, itself included: for ``alpha > 0`` its row
     is empty, for ``alpha <= 0`` it links to the ``K_s`` lowest item ids. Computed in float32 in chunks of
     ``chunk_size`` rows (memory about ``chunk_size * I * 4`` bytes), on the features' device.
