@@ -16,13 +16,32 @@ from mllmrec.reasoning.backends.base import ImagePart, Message, Request, Samplin
 from mllmrec.reasoning.backends.transformers_backend import TransformersBackend, gemma_prompt
 
 
+class Recording:
+    """Delegates to a real backend and keeps the requests it was given."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.requests = inner, []
+        self.name, self.identity, self.supports_images = inner.name, inner.identity, inner.supports_images
+
+    def generate(self, requests):
+        self.requests += list(requests)
+        return self.inner.generate(requests)
+
+    def token_counter(self):
+        return self.inner.token_counter()
+
+    def close(self) -> None:
+        """The session fixture owns the model."""
+
+
 @pytest.mark.slow
 def test_gemma3_270m_end_to_end_on_the_demo(gemma_backend, reason_cfg) -> None:
+    backend = Recording(gemma_backend)
     cfg = reason_cfg(
         "mllm=gemma3_270m", "dataset.n_users=8", "dataset.n_items=12", "reason.limit_users=3",
-        "mllm.sampling.max_tokens=8", "reason.max_prompt_tokens=256", "reason.item_max_tokens=64",
+        "mllm.sampling.max_tokens=8", "reason.max_prompt_tokens=160", "reason.item_max_tokens=48",
     )
-    result = run_reasoning(cfg, gemma_backend)
+    result = run_reasoning(cfg, backend)
     out = result.out_dir
     assert out == DatasetLayout(cfg.dataset.root).reasoning("gemma3_270m")
     images = pd.read_parquet(out / "image_descriptions.parquet")
@@ -37,20 +56,25 @@ def test_gemma3_270m_end_to_end_on_the_demo(gemma_backend, reason_cfg) -> None:
     assert manifest["backend"] == "transformers" and manifest["context"]["token_counting"] == "tokenizer"
     assert manifest["this_run"]["profile"]["generated"] == 3
     assert manifest["output_length"]["profile"]["mean_tokens"] <= 8
-    # the demo's histories (5-40 items) do not fit 256 tokens: the oldest items were dropped
+    # the demo's histories (5-40 items) do not fit 160 tokens: the oldest items were dropped
     assert manifest["counts"]["users_with_dropped_items"] >= 1
     assert (users["n_used"][:3] <= users["n_history"][:3]).all()
+    # counted with the model's own tokenizer, every profile prompt fits the budget
+    tokenizer = gemma_backend.tokenizer
+    assert len(backend.requests) == 3
+    assert all(len(tokenizer.encode(r.messages[0].text, add_special_tokens=False)) <= 160
+               for r in backend.requests)
 
 
 @pytest.mark.slow
 def test_left_padded_batch_matches_one_by_one(gemma_backend) -> None:
-    short = Request((Message("user", "Red shoes."),), Sampling(max_tokens=4))
+    short = Request((Message("user", "Red shoes."),), Sampling(max_tokens=3))
     long = Request((Message("user", "A soft cotton shirt in navy blue, for casual summer days."),),
-                   Sampling(max_tokens=4))
+                   Sampling(max_tokens=3))
     together = gemma_backend.generate([long, short])
     alone = gemma_backend.generate([short])
     assert together[1].text == alone[0].text and together[1].n_tokens == alone[0].n_tokens
-    assert all(g.ok and g.n_tokens <= 4 for g in together)
+    assert all(g.ok and g.n_tokens <= 3 for g in together)
 
 
 def test_gemma_turns_are_written_out() -> None:
@@ -62,6 +86,8 @@ def test_gemma_turns_are_written_out() -> None:
 
 class FakeProcessor:
     """Stands in for a vision processor: records the conversations, tokenises to fixed ids."""
+
+    chat_template = "{{ messages }}"  # only its presence is checked
 
     def __init__(self) -> None:
         self.tokenizer = SimpleNamespace(padding_side="right", pad_token_id=0, eos_token_id=2,
@@ -109,3 +135,13 @@ def test_vision_path_uses_the_processor_chat_template_with_images() -> None:
     assert text_part == {"type": "text", "text": "describe 0"}
     assert model.calls[0]["max_new_tokens"] == 4 and model.calls[0]["do_sample"] is False
     assert model.calls[0]["eos_token_id"] == [2]
+
+
+def test_missing_chat_template_or_processor_is_a_clear_error() -> None:
+    from mllmrec.reasoning.backends.base import BackendError
+
+    tokenizer = FakeProcessor().tokenizer  # a tokenizer without a chat template
+    with pytest.raises(BackendError, match="chat_format=gemma"):
+        TransformersBackend("m@main", device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
+    with pytest.raises(BackendError, match="needs its processor"):
+        TransformersBackend("m@main", vision=True, device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)

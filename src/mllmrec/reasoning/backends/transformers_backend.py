@@ -229,6 +229,15 @@ class TransformersBackend:
             self.tokenizer = getattr(self.processor, "tokenizer", None)
         if self.tokenizer is None:
             raise BackendError("the transformers backend needs a tokenizer")
+        if vision and self.processor is None:
+            raise BackendError("a vision model needs its processor (AutoProcessor) to place the images")
+        if chat_format == "template":
+            templater = self.processor if self.processor is not None else self.tokenizer
+            if not getattr(templater, "chat_template", None):
+                raise BackendError(
+                    f"{model_id or 'the model'} has no chat template: set mllm.chat_format=gemma for "
+                    "Gemma-style turns, or use a model that ships a template"
+                )
         self.model.to(device=self.device)
         if self.dtype != "auto":
             self.model.to(dtype=self.dtype)
