@@ -52,6 +52,8 @@ def test_full_run_writes_the_three_tables_and_manifest(tiny_root, reason_cfg) ->
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
     assert manifest["counts"]["image_status"] == {"ok": 3, "unreadable": 1, "no_image": 1}
     assert manifest["counts"]["items_text_only"] == 2
+    assert manifest["n_unreadable_images"] == 1 and manifest["unreadable_images"][0]["id"] == 3
+    assert "cannot decode" in manifest["unreadable_images"][0]["error"]
     assert manifest["prompt_template_version"] and manifest["backend"] == "fake"
     assert manifest["sampling"]["max_tokens"] == 160
     assert set(manifest["tables"]) == {"image_descriptions.parquet", "item_descriptions.parquet",

@@ -341,8 +341,8 @@ class Reasoner:
             self._run_jobs(list(profile_jobs.values()), "profile")
             self._wait_for([j.key for j in profile_jobs.values()], "profile")
             with file_lock(self.out_dir / ".tables"):
-                return self._merge(data, items, image_text, image_status, descriptions, histories,
-                                   users, profile_jobs, fitted, image_jobs)
+                return self._merge(data, items, scan, image_text, image_status, descriptions,
+                                   histories, users, profile_jobs, fitted, image_jobs)
         finally:
             if self._own_backend and self._backend is not None:
                 self._backend.close()
@@ -362,7 +362,7 @@ class Reasoner:
         return texts, statuses
 
     # -- outputs --------------------------------------------------------------------------------
-    def _merge(self, data: InteractionData, items: pd.DataFrame, image_text: list[str],
+    def _merge(self, data: InteractionData, items: pd.DataFrame, scan: ImageScan, image_text: list[str],
                image_status: list[str], descriptions: list[str], histories: Sequence[np.ndarray],
                users: Sequence[int], profile_jobs: Mapping[int, Job], fitted: Mapping[int, Any],
                image_jobs: Mapping[int, Job]) -> ReasonResult:
@@ -403,6 +403,9 @@ class Reasoner:
                 frame.to_parquet(tmp, index=False)
             hashes[path.name] = _sha256_file(path)
         summary = self._summary(store, image_df, user_df, fitted, image_jobs, profile_jobs, hashes)
+        unreadable = [im for im in scan.images if im.status == "unreadable"]
+        summary["n_unreadable_images"] = len(unreadable)
+        summary["unreadable_images"] = [{"id": im.item_id, "error": im.error} for im in unreadable[:200]]
         # written last: a manifest whose table hashes match marks a complete, consistent set
         atomic_write_json(self.out_dir / "manifest.json", summary)
         self._log_summary(summary)

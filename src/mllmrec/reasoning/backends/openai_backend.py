@@ -86,7 +86,7 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s),
-            transport=transport, limits=httpx.Limits(max_connections=self.concurrency),
+            transport=transport,  # concurrency is bounded by the thread pool in generate()
         )
         self.model = model
         if probe:
