@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF, ROOT, SMALL_DEMO
+from train_helpers import CONF, ROOT, SMALL_DEMO
 from mllmrec.config import ConfigError
 from mllmrec.data import DatasetError
 from mllmrec.training import train
