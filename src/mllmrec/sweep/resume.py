@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +43,28 @@ def _drop(container: dict, dotted: str) -> None:
     container.pop(last, None)
 
 
-def config_fingerprint(cfg: DictConfig, output_dir: str | Path | None = None) -> str:
+def config_fingerprint(cfg: DictConfig) -> str:
     """sha256 (16 hex chars) of the resolved config without :data:`RESULT_NEUTRAL_KEYS`.
 
-    The job's own output dir (inside e.g. checkpoint paths) is replaced by a placeholder, so a sweep
-    folder that was moved or renamed still matches. Plain ``hashlib`` over canonical JSON rather than
+    Absolute folders of ``paths`` (data, output, root) are replaced by placeholders wherever they appear
+    (e.g. in ``dataset.root``), so a sweep or data folder that was moved still matches: where things
+    are is not what was run. Plain ``hashlib`` over canonical JSON rather than
     :func:`mllmrec.cache.stable_hash`, so that checking a finished job does not import torch.
     """
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(container, dict)
+    folders = {k: str(v) for k, v in (container.get("paths") or {}).items()
+               if isinstance(v, str) and len(v) > 1 and os.path.isabs(v)}
     container.pop("hydra", None)
     for key in RESULT_NEUTRAL_KEYS:
         _drop(container, key)
     text = json.dumps(container, sort_keys=True, default=str, separators=(",", ":"))
-    output_dir = output_dir if output_dir is not None else OmegaConf.select(cfg, "paths.output_dir")
-    if output_dir:
-        text = text.replace(json.dumps(str(output_dir))[1:-1], "<output_dir>")
+    for key, folder in sorted(folders.items(), key=lambda kv: -len(kv[1])):  # longest (innermost) first
+        text = text.replace(json.dumps(folder)[1:-1], f"<paths.{key}>")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def finished_summary(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any] | None:
+def finished_summary(cfg: DictConfig) -> dict[str, Any] | None:
     """The ``metrics.json`` of this job's output dir when it was written for this config, else None.
 
     A file from another config (different fingerprint) or an unreadable one means "run again"; the
@@ -69,8 +72,7 @@ def finished_summary(cfg: DictConfig, output_dir: str | Path | None = None) -> d
     """
     if not cfg.get("skip_finished", True):
         return None
-    output_dir = Path(output_dir if output_dir is not None else cfg.paths.output_dir)
-    path = output_dir / "metrics.json"
+    path = Path(cfg.paths.output_dir) / "metrics.json"
     if not path.is_file():
         return None
     try:
@@ -78,7 +80,7 @@ def finished_summary(cfg: DictConfig, output_dir: str | Path | None = None) -> d
     except (OSError, ValueError) as err:
         log.warning("%s is unreadable (%s): running the job again", path, err)
         return None
-    wanted = config_fingerprint(cfg, output_dir)
+    wanted = config_fingerprint(cfg)
     found = summary.get("config_fingerprint") if isinstance(summary, dict) else None
     if found != wanted:
         log.info("%s was written for another config (fingerprint %s, now %s): running the job again",
