@@ -146,3 +146,136 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
                                           Path(cache_dir) / "graphs")
     Path(result).write_text(json.dumps({"features": stable_hash(features), "graph": stable_hash(adj)}),
                             encoding="utf-8")
+
+
+def compose_train(overrides: list[str], output_dir: Path, **hydra_fields):
+    """``conf/train.yaml`` composed as ``python train.py`` would, with its output dir set (and any
+    ``hydra.<field>=value`` given, e.g. ``mode``), registered as the current Hydra config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+        for dotted, value in hydra_fields.items():
+            node = cfg.hydra
+            *parents, last = dotted.split("__")
+            for key in parents:
+                node = node[key]
+            node[last] = value
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+def read_wandb_records(path: Path) -> list:
+    """The protobuf records of a ``run-*.wandb`` file (LevelDB log format behind a 7-byte W&B header);
+    wandb >= 0.19 no longer ships a Python reader for its own files."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the rest of a block too short for a header is padding
+            pos += block - pos % block
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # FULL
+            payload = chunk
+        elif kind == 2:  # FIRST
+            pending = chunk
+            continue
+        elif kind == 3:  # MIDDLE
+            pending += chunk
+            continue
+        elif kind == 4:  # LAST
+            payload = pending + chunk
+        else:
+            continue
+        record = pb.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- a fake sweep folder for report tests
+FAKE_DATASETS = ("baby", "sports")
+FAKE_SEEDS = (1, 2, 3)
+# validation prefers (0.7, 10); test would prefer (0.5, 5): the report must select on validation
+_VALID_BONUS = {(0.5, 5): 0.00, (0.5, 10): 0.01, (0.7, 5): 0.02, (0.7, 10): 0.03}
+_TEST_BONUS = {(0.5, 5): 0.05, (0.5, 10): 0.01, (0.7, 5): 0.02, (0.7, 10): 0.03}
+
+
+def fake_scores(dataset: str, variant: str, mllm: str, alpha: float, kc: int, d: int, seed: int) -> dict:
+    """Deterministic valid/test metrics of a fake job (seed-dependent, variant-dependent noise)."""
+    base = {"baby": 0.10, "sports": 0.08}[dataset]
+    shift = (-0.03 if variant == "w/o RS" else 0.0) + (0.005 if mllm == "qwen25vl" else 0.0)
+    shift += {32: -0.01, 64: 0.0, 128: -0.005}[d]
+    noise = 0.002 * seed * (2 if variant == "w/o RS" else 1) + 0.0007 * (seed % 2)
+    out = {}
+    for split, bonus in (("valid", _VALID_BONUS), ("test", _TEST_BONUS)):
+        r20 = base + bonus[(alpha, kc)] + shift + noise
+        out[split] = {"recall@20": r20, "recall@10": 0.6 * r20, "ndcg@20": 0.45 * r20, "ndcg@10": 0.4 * r20}
+    return out
+
+
+def fake_jobs() -> list[dict]:
+    """The configurations of the fake sweep: a 2x2 alpha x K_c grid per dataset, plus an ablation
+    variant, a second MLLM and two more values of d at (0.7, 10); three seeds each."""
+    jobs = []
+    for dataset in FAKE_DATASETS:
+        for seed in FAKE_SEEDS:
+            for alpha, kc in _VALID_BONUS:
+                jobs.append(dict(dataset=dataset, variant="MLLMRec", mllm="gemma3_27b", alpha=alpha, kc=kc, d=64, seed=seed))
+            jobs.append(dict(dataset=dataset, variant="w/o RS", mllm="gemma3_27b", alpha=0.7, kc=10, d=64, seed=seed))
+            jobs.append(dict(dataset=dataset, variant="MLLMRec", mllm="qwen25vl", alpha=0.7, kc=10, d=64, seed=seed))
+            for d in (32, 128):
+                jobs.append(dict(dataset=dataset, variant="MLLMRec", mllm="gemma3_27b", alpha=0.7, kc=10, d=d, seed=seed))
+    return jobs
+
+
+def write_fake_sweep(root: Path, jobs: list[dict] | None = None, failed: bool = True) -> Path:
+    """A sweep folder as `python train.py -m` leaves it: per job ``.hydra/config.yaml`` (with
+    interpolations, like Hydra saves it), ``.hydra/overrides.yaml`` and ``metrics.json``; plus a job
+    that failed (``error.json``, no metrics)."""
+    from omegaconf import OmegaConf
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n", encoding="utf-8")
+    for job in (fake_jobs() if jobs is None else jobs) + ([{"failed": True}] if failed else []):
+        j = {**dict(dataset="baby", variant="MLLMRec", mllm="gemma3_27b", alpha=0.5, kc=-1, d=64, seed=1), **job}
+        overrides = [f"dataset={j['dataset']}", f"variant={j['variant']}", f"mllm={j['mllm']}",
+                     f"graph.alpha={j['alpha']}", f"graph.kc={j['kc']}", f"model.d={j['d']}", f"seed={j['seed']}"]
+        folder = root / ",".join(sorted(o.replace("/", "_") for o in overrides))
+        (folder / ".hydra").mkdir(parents=True)
+        config = {
+            "task_name": "train", "variant": j["variant"], "seed": j["seed"],
+            "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+            "dataset": {"name": j["dataset"], "tuned": {"alpha": j["alpha"], "kc": j["kc"]}},
+            "mllm": {"name": j["mllm"]},
+            "graph": {"ks": 10, "alpha": "${dataset.tuned.alpha}", "kc": "${dataset.tuned.kc}", "layers": 1},
+            "model": {"d": j["d"], "lr": 0.001, "layers": "${graph.layers}"},
+            "data": {"graph": "${graph}", "batch_size": 2048},
+            "callbacks": {"model_checkpoint": {"dirpath": "${paths.output_dir}/checkpoints"}},
+        }
+        OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+        if job.get("failed"):
+            (folder / "error.json").write_text(json.dumps(
+                {"error_type": "ConfigError", "message": "graph.kc=-1: K_c must be >= 0"}), encoding="utf-8")
+            continue
+        scores = fake_scores(j["dataset"], j["variant"], j["mllm"], j["alpha"], j["kc"], j["d"], j["seed"])
+        (folder / "metrics.json").write_text(json.dumps({"best_epoch": 3, **scores}), encoding="utf-8")
+    return root
