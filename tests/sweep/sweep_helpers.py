@@ -6,7 +6,6 @@ encodes the small demo there once, in-process, so that every sweep job only load
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,16 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
+sys.path.insert(0, str(ROOT / "tests"))
+from train_helpers import SMALL_DEMO, compose_config  # noqa: E402  (the training tests' helpers)
 
-def _root_conftest():
-    # tests/conftest.py cannot be imported as "conftest" reliably (other folders have their own)
-    spec = importlib.util.spec_from_file_location("_mllmrec_root_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SMALL_DEMO: list[str] = list(_root_conftest().SMALL_DEMO)
 # one epoch, no popularity baseline, no progress bar, no logger: the cheapest real training job
 FAST_JOB = [*SMALL_DEMO, "trainer.max_epochs=1", "compare_popularity=false", "callbacks.progress_bar=null",
             "logger=none"]
@@ -43,14 +35,11 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> sub
 
 def encode_demo(data_dir: Path) -> Path:
     """Generate + encode the small demo into ``data_dir`` (a no-op when its caches exist)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-            cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", *SMALL_DEMO])
+        cfg = compose_config("train", [f"paths.data_dir={data_dir}", *SMALL_DEMO], data_dir / "encode-run")
         instantiate(cfg.data).setup("fit")
     finally:
         GlobalHydra.instance().clear()
@@ -149,20 +138,14 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
 
 
 def compose_train(overrides: list[str], output_dir: Path, **hydra_fields):
-    """``conf/train.yaml`` composed as ``python train.py`` would, with its output dir set (and any
-    ``hydra.<field>=value`` given, e.g. ``mode``), registered as the current Hydra config."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """The task config ``python train.py`` would hand to a job (``hydra`` node removed), with the
+    Hydra config registered; ``hydra_fields`` set Hydra values first (``sweep__dir=...`` sets
+    ``hydra.sweep.dir``), e.g. to look like a multirun job."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config("train", overrides, output_dir)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
         for dotted, value in hydra_fields.items():
             node = cfg.hydra
             *parents, last = dotted.split("__")
@@ -171,7 +154,6 @@ def compose_train(overrides: list[str], output_dir: Path, **hydra_fields):
             node[last] = value
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
         del cfg["hydra"]
     return cfg
 
