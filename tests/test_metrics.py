@@ -368,3 +368,43 @@ def test_bad_inputs_raise() -> None:
         metrics.update(torch.arange(4), nan_scores)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_full_ranking(lambda u: GOLDEN_SCORES[u], NOTHING, GOLDEN_TRUTH, batch_size=0)
+
+
+def test_synchronize_merges_ranks_like_one_process():
+    """Two 'ranks' each rank half of the users (one user on both, as a padded distributed sampler
+    does); merging with an all_gather gives exactly the single-process result."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from mllmrec.metrics import RankingMetrics, topk_metrics
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 30, 25
+    exclude = sp.random(n_users, n_items, density=0.2, random_state=1, format="csr")
+    truth = sp.random(n_users, n_items, density=0.15, random_state=2, format="csr")
+    truth = truth - truth.multiply(exclude.astype(bool))
+    scores = torch.from_numpy(rng.normal(size=(n_users, n_items)))
+    expected = topk_metrics(scores, exclude, truth, ks=(5, 10))
+
+    ranks = [RankingMetrics(exclude, truth, ks=(5, 10)) for _ in range(2)]
+    users = torch.arange(n_users)
+    shares = [users[:16], users[15:]]  # user 15 on both ranks
+    for metrics, share in zip(ranks, shares):
+        metrics.update(share, scores[share])
+    with pytest.raises(RuntimeError, match="never updated"):
+        ranks[0].compute()  # a single rank alone is incomplete
+    snapshot = [{name: v.clone() for name, v in r._values.items()} for r in ranks]
+    seen = [r._seen.clone() for r in ranks]
+
+    # what each rank would contribute, in the order synchronize() gathers: metric tensors, then seen
+    per_rank = [[*s.values(), sn.to(torch.uint8)] for s, sn in zip(snapshot, seen)]
+
+    def fake_all_gather():
+        calls = iter(range(len(per_rank[0])))
+        return lambda t: torch.stack([contrib[next_i] for contrib in per_rank]) if (
+            next_i := next(calls)) is not None else None
+
+    for metrics in ranks:
+        metrics.synchronize(fake_all_gather())
+        assert metrics.compute() == pytest.approx(expected, abs=1e-12)

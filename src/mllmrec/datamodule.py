@@ -335,6 +335,7 @@ class MLLMRecDataModule(L.LightningDataModule):
             self.item_features, data.train, g.ks, g.alpha, g.kc, graph_cache
         )
         self.triplets = BPRTriplets(data.train, self.batch_size, self.seed)
+        self.train_sampler = EpochSampler(self.triplets)
 
     # ----------------------------------------------------------------- evaluation targets
     def eval_target(self, split: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -351,8 +352,12 @@ class MLLMRecDataModule(L.LightningDataModule):
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
         return DataLoader(_UserBatches(users, self.eval_batch_size), batch_size=None, shuffle=False)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle and negatives the training loader serves next."""
+        self.train_sampler.set_epoch(epoch)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.triplets, batch_size=None, sampler=EpochSampler(self.triplets))
+        return DataLoader(self.triplets, batch_size=None, sampler=self.train_sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")

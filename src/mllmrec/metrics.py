@@ -298,6 +298,19 @@ class RankingMetrics:
         pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
         return (keys[pos] == query).cpu()
 
+    def synchronize(self, all_gather: Callable[[Tensor], Tensor]) -> None:
+        """Merge the per-user results of several processes (DDP), in place, before :meth:`compute`.
+
+        Each process evaluated a subset of users; ``all_gather`` maps a tensor ``[U]`` to ``[P, U]``
+        (e.g. ``LightningModule.all_gather``). A user's result is the same wherever it was computed
+        and 0 where it was not, so the element-wise maximum over processes is the merged value (a
+        user padded onto two ranks by a distributed sampler is not counted twice).
+        """
+        for name, values in self._values.items():
+            self._values[name] = all_gather(values).reshape(-1, self.n_users).amax(0).cpu()
+        seen = all_gather(self._seen.to(torch.uint8)).reshape(-1, self.n_users).amax(0)
+        self._seen = seen.cpu().bool()
+
     def compute(self) -> dict[str, float]:
         """Mean of every metric over :meth:`eval_users`.
 

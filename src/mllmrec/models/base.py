@@ -53,6 +53,13 @@ class Recommender(L.LightningModule):
         """Called once before each validation/test pass (in eval mode, without grad)."""
 
     # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        # Lightning sets the epoch on the dataloader's own sampler; under DDP that is a wrapper, so
+        # tell the datamodule directly (the epoch seeds the shuffle and the negatives)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         users, positives, negatives = batch
         loss = self.loss(users, positives, negatives)
@@ -73,10 +80,16 @@ class Recommender(L.LightningModule):
 
     def _eval_step(self, users: Tensor) -> None:
         assert self._ranking is not None
-        self._ranking.update(users, self.full_scores(users))
+        scores = self.full_scores(users)
+        # a fresh score tensor (a matmul result) may be masked in place, saving a [B, I] copy per
+        # batch (about a third of the metric's cost on CPU); a view of a stored matrix must not be
+        owned = scores._base is None and not scores.requires_grad
+        self._ranking.update(users, scores, inplace=owned)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
         assert self._ranking is not None
+        if self.trainer.world_size > 1:  # DDP: every rank ranked a share of the users
+            self._ranking.synchronize(lambda t: self.all_gather(t.to(self.device)))
         results = self._ranking.compute()
         self._ranking = None
         for name, value in results.items():
