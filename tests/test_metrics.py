@@ -401,9 +401,13 @@ def test_synchronize_merges_ranks_like_one_process():
     per_rank = [[*s.values(), sn.to(torch.uint8)] for s, sn in zip(snapshot, seen)]
 
     def fake_all_gather():
-        calls = iter(range(len(per_rank[0])))
-        return lambda t: torch.stack([contrib[next_i] for contrib in per_rank]) if (
-            next_i := next(calls)) is not None else None
+        position = iter(range(len(per_rank[0])))
+
+        def gather(_tensor):
+            i = next(position)
+            return torch.stack([contrib[i] for contrib in per_rank])
+
+        return gather
 
     for metrics in ranks:
         metrics.synchronize(fake_all_gather())
