@@ -16,7 +16,7 @@ from hydra.errors import MissingConfigException
 
 from mllmrec.reasoning import ReasonConfigError, run_reasoning
 
-from conftest import CONF, REPO, compose_reason
+from reasoning_helpers import CONF, REPO, compose_reason
 
 PAPER_MODELS = {  # Table 4 of the paper -> Hugging Face id
     "gemma3_4b": "google/gemma-3-4b-it",

@@ -23,7 +23,7 @@ from mllmrec.reasoning.backends.base import (
 )
 from mllmrec.reasoning.backends.openai_backend import OpenAIBackend
 
-from conftest import tiny_overrides
+from reasoning_helpers import tiny_overrides
 
 
 class Script:

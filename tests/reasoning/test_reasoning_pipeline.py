@@ -14,7 +14,7 @@ from mllmrec.reasoning.backends.base import Generation, Request
 from mllmrec.reasoning.backends.fake import FakeBackend
 from mllmrec.reasoning.prompts import image_prompt, profile_prompt
 
-from conftest import build_tiny_dataset, tiny_overrides
+from reasoning_helpers import build_tiny_dataset, tiny_overrides
 
 VISION = "mllm=qwen25vl"
 

@@ -15,7 +15,7 @@ from mllmrec.reasoning import generation_key, image_prompt, run_reasoning
 from mllmrec.reasoning.backends.base import BackendNotInstalled
 from mllmrec.reasoning.store import GenerationStore
 
-from conftest import tiny_overrides
+from reasoning_helpers import tiny_overrides
 
 
 class FakeLLM:
