@@ -34,7 +34,9 @@ def dense_cosine(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     norm = np.linalg.norm(x, axis=1)
     nonzero = norm > 0
     unit = np.where(nonzero[:, None], x / np.where(nonzero, norm, 1.0)[:, None], 0.0)
-    return unit @ unit.T, nonzero
+    # elementwise products summed along one axis: the same summation order for every pair, so
+    # identical items get bitwise-identical similarities (a BLAS matmul does not promise that)
+    return (unit[:, None, :] * unit[None, :, :]).sum(axis=-1), nonzero
 
 
 def reference_semantic(features: torch.Tensor, k: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -406,6 +408,7 @@ INTERACTIONS = random_interactions(12, 10, 0.3, seed=20)
         (lambda: semantic_graph(FEATURES, 3, "0.5"), r"alpha must be a real number in \[-1, 1\]"),
         (lambda: semantic_graph(FEATURES, 3, 0.5, chunk_size=0), "chunk_size must be an integer >= 1"),
         (lambda: semantic_graph(FEATURES[0], 3, 0.5), r"features must have shape \[I, d\]"),
+        (lambda: semantic_graph(FEATURES[:, :0], 3, 0.5), r"features must have shape \[I, d\] with d >= 1"),
         (lambda: semantic_graph(FEATURES.numpy(), 3, 0.5), "features must be a dense torch.Tensor"),
         (lambda: semantic_graph(FEATURES.long(), 3, 0.5), "features must be a floating-point tensor"),
         (lambda: semantic_graph(FEATURES * float("nan"), 3, 0.5), "NaN or infinite"),
@@ -427,6 +430,12 @@ INTERACTIONS = random_interactions(12, 10, 0.3, seed=20)
 def test_invalid_arguments_raise_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_an_empty_catalogue_gives_an_empty_graph():
+    adj = refined_item_graph(torch.zeros(0, 4), sp.csr_matrix((3, 0)), 3, 0.5, 2)
+    assert_graph_format(adj, 0)
+    assert propagate(normalize_adjacency(adj), torch.zeros(0, 4), 2).shape == (0, 4)
 
 
 def test_boundary_arguments_are_accepted():

@@ -88,8 +88,8 @@ def _check_alpha(alpha: Any) -> float:
 def _check_features(features: Any) -> Tensor:
     if not isinstance(features, Tensor) or features.layout != torch.strided:
         raise ValueError(f"features must be a dense torch.Tensor [I, d], got {type(features).__name__}")
-    if features.dim() != 2:
-        raise ValueError(f"features must have shape [I, d], got {tuple(features.shape)}")
+    if features.dim() != 2 or features.shape[1] == 0:
+        raise ValueError(f"features must have shape [I, d] with d >= 1, got {tuple(features.shape)}")
     if not features.is_floating_point():
         raise ValueError(f"features must be a floating-point tensor, got dtype {features.dtype}")
     if not bool(torch.isfinite(features).all()):
