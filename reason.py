@@ -10,6 +10,7 @@ Outputs go to <data_dir>/<dataset>/reasoning/<mllm>/ (see docs/reasoning.md).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -22,12 +23,21 @@ load_dotenv(Path(__file__).resolve().parent / ".env", override=False)
 log = logging.getLogger("reason")
 
 
+#: exit status of a shard whose own work is saved but whose siblings' work is still missing
+EXIT_SHARDS_PENDING = 3
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="reason")
 def main(cfg: DictConfig) -> str:
     """Run the reasoning stage; returns the output folder."""
-    from mllmrec.reasoning import run_reasoning
+    from mllmrec.reasoning import ShardsPending, run_reasoning
 
-    result = run_reasoning(cfg)
+    try:
+        result = run_reasoning(cfg)
+    except ShardsPending as pending:
+        # not a crash: this shard finished its part; a rerun (or the last shard) will merge
+        log.warning("%s", pending)
+        sys.exit(EXIT_SHARDS_PENDING)
     log.info("tables and manifest written to %s", result.out_dir)
     return str(result.out_dir)
 

@@ -106,3 +106,14 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_output_each(tmp_path) -> No
     records = pd.concat([pd.read_parquet(p) for p in _shards(shards)])
     assert records["key"].is_unique  # nothing generated twice, nothing lost
     assert len(_shards(shards)) > killed_at
+
+
+def test_a_shard_waiting_for_others_exits_3_with_its_work_saved(tmp_path) -> None:
+    overrides = ["mllm=qwen25vl", "reason.backend=fake", "dataset.n_users=6", "dataset.n_items=5",
+                 "reason.num_shards=2", "reason.shard=0"]
+    proc = subprocess.run(reason_command(tmp_path, *overrides), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "Rerun this shard when the others have finished" in proc.stdout + proc.stderr
+    shards = tmp_path / "data" / "demo" / "reasoning" / "qwen25vl-fake" / "generations" / "shards"
+    assert len(_shards(shards)) == 1
