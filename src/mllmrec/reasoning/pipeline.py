@@ -22,7 +22,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,8 @@ class Reasoner:
         self.s = settings
         self._backend = backend
         self._own_backend = backend is None
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # counts of this run (generations, tokens, retries)
+        self.seconds: Counter[str] = Counter()  # generation time of this run, per kind
         self.layout = DatasetLayout(settings.dataset.root)
         self.out_dir = self.layout.reasoning(settings.output_name, settings.history)
         # one cache per model, shared by both histories: image descriptions do not depend on it
@@ -212,7 +213,7 @@ class Reasoner:
         elapsed = time.perf_counter() - t0
         self.stats[f"{kind}_generated"] += len(pending)
         self.stats[f"{kind}_tokens"] += tokens
-        self.stats[f"{kind}_seconds_x1000"] += int(elapsed * 1000)
+        self.seconds[kind] += elapsed
 
     def _generate_chunk(self, chunk: Sequence[Job]) -> list[Record]:
         now = time.time()
@@ -249,8 +250,9 @@ class Reasoner:
 
     @staticmethod
     def _reseeded(request: Request, attempt: int) -> Request:
-        s = request.sampling
-        return Request(request.messages, type(s)(s.max_tokens, s.temperature, s.top_p, s.seed + attempt))
+        # greedy decoding repeats itself; a new seed only matters when sampling, and for servers
+        # that sometimes drop an answer a plain second try is what helps
+        return replace(request, sampling=replace(request.sampling, seed=request.sampling.seed + attempt))
 
     def _record(self, job: Job, out: Generation, now: float) -> Record:
         return Record(
@@ -428,7 +430,7 @@ class Reasoner:
                     failures.append({"kind": kind, "id": int(ref), "error": record.error})
         empty = sum("empty output" in (f["error"] or "") for f in failures)
         n_runs = {k: self.stats[f"{k}_generated"] for k in ("image", "profile")}
-        secs = {k: self.stats[f"{k}_seconds_x1000"] / 1000 for k in ("image", "profile")}
+        secs = {k: self.seconds[k] for k in ("image", "profile")}
         toks = {k: self.stats[f"{k}_tokens"] for k in ("image", "profile")}
 
         def mean(values: list[tuple[int, int]], idx: int) -> float | None:
@@ -472,6 +474,7 @@ class Reasoner:
                 "items_dropped": int(sum(f.n_dropped for f in fitted.values())),
                 "descriptions_capped": int(sum(f.n_capped for f in fitted.values())),
                 "empty_outputs": int(empty),
+                "empty_retried_this_run": int(self.stats["empty_retried"]),
                 "refusals": dict(refusals),
             },
             "output_length": {
