@@ -155,6 +155,20 @@ class MLLMRec(Recommender):
         inputs = self.propagated_items()
         return self.item_tower(inputs if items is None else inputs[items])
 
+    @staticmethod
+    def _per_unique(fn, ids: Tensor) -> Tensor:
+        """``fn(ids)`` computed once per distinct id and expanded back: ``fn(unique)[inverse]``.
+
+        A batch of 2048 triplets holds ~5% repeated users and ~35% repeated items (popular positives,
+        uniform negatives) on Baby; the towers' cost is linear in rows, so skipping the repeats saves
+        that much of the forward and weight-gradient products. The result (and the gradient, summed
+        over the repeats by the indexing backward) is the same up to float summation order.
+
+        Shapes: ids [B] -> [B, d].
+        """
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return fn(unique)[inverse]
+
     def all_user_inputs(self) -> Tensor:
         return self.user_table.weight if self.user_table is not None else self.user_features
 
@@ -172,8 +186,10 @@ class MLLMRec(Recommender):
             all_users, all_items = self.ui_branch()
             h_u, h_pos, h_neg = all_users[users], all_items[positives], all_items[negatives]
         else:
-            h_u = self.user_repr(users)
-            h_pos, h_neg = self.item_repr(positives), self.item_repr(negatives)
+            h_u = self._per_unique(self.user_repr, users)
+            # one item-tower pass for positives and negatives together (larger GEMMs, shared repeats)
+            h_items = self._per_unique(self.item_repr, torch.cat([positives, negatives]))
+            h_pos, h_neg = h_items[: positives.shape[0]], h_items[positives.shape[0] :]
         return bpr_loss((h_u * h_pos).sum(-1), (h_u * h_neg).sum(-1))
 
     def prepare_eval(self) -> None:
