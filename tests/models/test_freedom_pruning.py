@@ -115,3 +115,14 @@ def test_loss_uses_features_only_through_the_regulariser():
 def test_rejects_bad_dropout():
     with pytest.raises(ValueError, match="dropout"):
         make_model(interactions(), dropout=1.0)
+
+
+def test_epoch_hook_prunes_and_keeps_the_base_hook(monkeypatch):
+    from mllmrec.models import Recommender
+
+    calls = []
+    monkeypatch.setattr(Recommender, "on_train_epoch_start", lambda self: calls.append("base"))
+    model = make_model(interactions(), dropout=0.5)
+    model.on_train_epoch_start()
+    assert calls == ["base"]  # the base class hands the epoch to the datamodule (seeding, DDP)
+    assert model.pruned_graph is not None and model.pruned_graph.nnz < model.full_graph.nnz

@@ -188,6 +188,7 @@ class FREEDOM(Recommender):
         return SparseOperator(adjacency).to(self.edge_users.device)
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()  # the base class hands the epoch to the datamodule
         self.pruned_graph = self.prune(self.current_epoch)
 
     # ------------------------------------------------------------------ representations
