@@ -65,6 +65,22 @@ def test_gemma3_270m_end_to_end_on_the_demo(gemma_backend, reason_cfg) -> None:
     assert all(len(tokenizer.encode(r.messages[0].text, add_special_tokens=False)) <= 160
                for r in backend.requests)
 
+    # ... and the training app encodes exactly these texts and trains on them
+    from train_helpers import compose_config
+
+    from mllmrec.encoding import EncoderSpec, encode_texts
+    from mllmrec.training import train
+
+    train_cfg = compose_config("train", [
+        f"paths.data_dir={cfg.paths.data_dir}", "mllm=gemma3_270m", "dataset.n_users=8",
+        "dataset.n_items=12", "trainer.max_epochs=1", "logger=none", "callbacks.progress_bar=null",
+        "compare_popularity=false",
+    ], out.parent / "train_run")
+    summary, objects = train(train_cfg)
+    assert set(summary["test"]) == {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
+    profiles = encode_texts(users["profile"].tolist()[:3], EncoderSpec())
+    assert torch.allclose(objects["datamodule"].user_features[:3], torch.from_numpy(profiles), atol=1e-5)
+
 
 @pytest.mark.slow
 def test_left_padded_batch_matches_one_by_one(gemma_backend) -> None:
