@@ -10,6 +10,7 @@ Outputs go to <data_dir>/<dataset>/reasoning/<mllm>/ (see docs/reasoning.md).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import hydra
 from dotenv import load_dotenv
 from omegaconf import DictConfig
 
-# before Hydra composes the config: ${oc.env:...} entries read these
+# before Hydra composes the config: ${oc.env:...} entries read these (data/ under the repo root)
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 load_dotenv(Path(__file__).resolve().parent / ".env", override=False)
 
 log = logging.getLogger("reason")
