@@ -145,6 +145,20 @@ def run_one(key: str, threads: int | None) -> dict:
     }
 
 
+def cpu_description() -> str:
+    """CPU model and clock from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    return (
+        f"{fields.get('model name', platform.machine())}, family {fields.get('cpu family', '?')} "
+        f"model {fields.get('model', '?')}, {float(fields.get('cpu MHz', 'nan')):.0f} MHz"
+    )
+
+
 def markdown_table(results: list[dict]) -> str:
     def target(value: float, limit: float, unit: str) -> str:
         if limit != limit:  # NaN: no target for this shape
@@ -204,7 +218,7 @@ def main() -> None:
         header = (
             f"# Refined item graph build benchmark\n\n"
             f"Date: {datetime.date.today().isoformat()}. Machine: {os.cpu_count()} CPU cores "
-            f"({platform.processor() or platform.machine()}), {results[0]['torch_threads']} torch threads, "
+            f"({cpu_description()}), {results[0]['torch_threads']} torch threads, "
             f"no GPU. Command: `python {' '.join(sys.argv)}`.\n\n"
             "Synthetic data (see `bench/graph.py`): 384-d clustered features, power-law item popularity "
             "(exponent 0.75), 5-core-like user activity. Build = `refined_item_graph` (S~ + C~, before "
