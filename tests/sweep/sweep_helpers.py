@@ -23,6 +23,8 @@ from train_helpers import SMALL_DEMO, compose_config  # noqa: E402  (the trainin
 # one epoch, no popularity baseline, no progress bar, no logger: the cheapest real training job
 FAST_JOB = [*SMALL_DEMO, "trainer.max_epochs=1", "compare_popularity=false", "callbacks.progress_bar=null",
             "logger=none"]
+# for tests that do not look at the figures (t-SNE and graph statistics cost seconds per job)
+NO_PLOTS = ["callbacks.user_tsne=null", "callbacks.graph_statistics=null"]
 
 
 def run_train(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
@@ -142,10 +144,10 @@ def compose_train(overrides: list[str], output_dir: Path, **hydra_fields):
     Hydra config registered; ``hydra_fields`` set Hydra values first (``sweep__dir=...`` sets
     ``hydra.sweep.dir``), e.g. to look like a multirun job."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from omegaconf import open_dict, read_write
 
     cfg = compose_config("train", overrides, output_dir)
-    with open_dict(cfg):
+    with read_write(cfg.hydra), open_dict(cfg.hydra):  # registering it made the hydra node read-only
         for dotted, value in hydra_fields.items():
             node = cfg.hydra
             *parents, last = dotted.split("__")

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import FAST_JOB, encoded_data_dir, run_train  # noqa: E402, F401
+from sweep_helpers import FAST_JOB, NO_PLOTS, encoded_data_dir, run_train  # noqa: E402, F401
 
 from mllmrec.sweep.optuna_search import Param, encode_value, open_study, run_study, search_space  # noqa: E402
 
@@ -136,7 +136,7 @@ def test_parallel_trials_need_a_process_per_job_launcher():
 def test_optuna_search_on_the_demo_and_its_resumption(tmp_path, encoded_data_dir):
     sweep_dir = tmp_path / "multirun" / "search"
     args = ["-m", "hparams_search=optuna", f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={encoded_data_dir}",
-            *FAST_JOB, "model.d=choice(16,32)"]  # a sweep on the command line narrows the space
+            *FAST_JOB, *NO_PLOTS, "model.d=choice(16,32)"]  # a sweep on the command line narrows the space
     first = run_train([*args, "hydra.sweeper.n_trials=3"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"

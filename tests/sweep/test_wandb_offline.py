@@ -56,6 +56,17 @@ def test_a_key_and_a_reachable_server_mean_online(no_netrc, monkeypatch):
         assert wandb_mode()[0] == "online"
 
 
+def _finished_records(path: Path, timeout: float = 60.0) -> list:
+    """The run's records once W&B's service process has written its exit record (``wandb.finish``
+    returns before the service has flushed the run's last records to disk)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _values(records, kind: str) -> list[dict]:
     out = []
     for r in records:
@@ -86,7 +97,7 @@ def test_offline_run_of_a_sweep_job_holds_metrics_table_and_figures(tmp_path, mo
     assert wandb.run is None  # finished inside the job: the next job gets its own run
 
     [run_dir] = (out / "wandb").glob("offline-run-*")
-    records = read_wandb_records(next(run_dir.glob("run-*.wandb")))
+    records = _finished_records(next(run_dir.glob("run-*.wandb")))
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.run_group == "sweep" and run.display_name == "graph.alpha=0.6"
     config = {k: v for update in _values(records, "config") for k, v in update.items()}
