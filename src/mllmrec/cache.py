@@ -68,8 +68,10 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
         _feed(h, ("ndarray", str(arr.dtype), tuple(obj.shape)))
         h.update(arr.view(np.uint8).reshape(-1).data if arr.size else b"")
     elif sp.issparse(obj):
-        csr = sp.csr_matrix(obj)
-        csr.sort_indices()
+        # a copy: csr_matrix(csr) shares arrays, and sorting must never reorder the caller's matrix;
+        # merged duplicates also give equal content one key
+        csr = sp.csr_matrix(obj, copy=True)
+        csr.sum_duplicates()
         _feed(h, ("csr", tuple(csr.shape), csr.indptr.astype(np.int64), csr.indices.astype(np.int64),
                   csr.data))
     elif isinstance(obj, Mapping):

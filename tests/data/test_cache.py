@@ -274,3 +274,16 @@ def test_bfloat16_tensors_can_be_hashed():
     assert stable_hash(torch.tensor(1.0, dtype=torch.bfloat16)) != stable_hash(
         torch.tensor([1.0], dtype=torch.bfloat16)
     )
+
+
+def test_stable_hash_leaves_a_caller_csr_untouched():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from mllmrec.cache import stable_hash
+
+    unsorted = sp.csr_matrix((np.array([2.0, 1.0]), np.array([1, 0]), np.array([0, 2])), shape=(1, 2))
+    before = unsorted.indices.copy(), unsorted.data.copy()
+    key = stable_hash(unsorted)
+    assert np.array_equal(unsorted.indices, before[0]) and np.array_equal(unsorted.data, before[1])
+    assert key == stable_hash(sp.csr_matrix(np.array([[1.0, 2.0]])))
