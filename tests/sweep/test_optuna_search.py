@@ -4,6 +4,7 @@ NaN trials, and a real search on the demo that is resumed."""
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,3 +158,26 @@ def test_optuna_search_on_the_demo_and_its_resumption(tmp_path, encoded_data_dir
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
     assert [t.params for t in study.trials[:3]] == first_params
     assert study.trials[3].state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_parallel_trials_each_lease_their_own_gpu(tmp_path):
+    """hparams_search with the gpus launcher: one trial per (fake) GPU at a time, a new trial as soon
+    as a GPU is free, never two trials on one GPU."""
+    from sweep_helpers import HERE, launcher_records, max_concurrency, overlapping
+
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "tiny_app.py"), "-m", "hydra/sweeper=mllmrec_optuna",
+         "hydra/launcher=mllmrec_gpus", "hydra.launcher.gpus=[fake0,fake1]", f"hydra.sweep.dir={sweep_dir}",
+         "hydra.sweeper.n_trials=5", f"out={tmp_path / 'out'}", "duration=interval(0.1, 1.0)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="mllmrec", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    records = launcher_records(sweep_dir)
+    assert sorted(r["job"] for r in records) == [0, 1, 2, 3, 4]  # job number = trial number
+    assert max_concurrency([(r["start"], r["end"]) for r in records]) == 2
+    for device in ("fake0", "fake1"):
+        assert overlapping([(r["start"], r["end"]) for r in records if r["device"] == device]) == []

@@ -191,7 +191,11 @@ class GpuLauncher(Launcher):
         if result_file.is_file():
             return cloudpickle.loads(result_file.read_bytes())
         if code < 0:
-            reason = f"the job's process was killed by {signal.Signals(-code).name}"
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            reason = f"the job's process was killed by {name}"
         else:
             reason = f"the job's process exited with code {code} before reporting a result"
         ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
