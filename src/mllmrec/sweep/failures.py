@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ERROR_FILE", "JobFailure", "failure_from_exception", "failure_record", "format_failures"]
+__all__ = ["ERROR_FILE", "JobFailure", "failure_from_exception", "failure_record", "format_failures",
+           "dumps_failures"]
 
 ERROR_FILE = "error.json"
 

@@ -122,7 +122,7 @@ def finish_wandb(failed: bool = False) -> None:
     if wandb is None or getattr(wandb, "run", None) is None:
         return
     run = wandb.run
-    offline = bool(getattr(run.settings, "_offline", False)) or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    offline = getattr(run.settings, "mode", None) in ("offline", "dryrun")
     run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
     wandb.finish(exit_code=1 if failed else 0)
     if offline and run_dir is not None:
