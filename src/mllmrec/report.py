@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
-    "layout_table", "paired_ttest",
+    "layout_table", "reference_variant", "paired_ttest",
     "markdown_table", "Section", "build_report", "main",
 ]
 
@@ -44,6 +44,8 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 # short names of the config keys the tables are organised by
 DATASET, MLLM, VARIANT, ALPHA, KC, D, SEED = (
     "dataset.name", "mllm.name", "variant", "graph.alpha", "graph.kc", "model.d", "seed")
+# the full model's variant names (conf/train.yaml's default; conf/experiment/ablation_full.yaml)
+REFERENCE_VARIANTS = ("MLLMRec", "full")
 # keys that describe where things went, not what was run: never part of a configuration's identity
 _NOT_CONFIG = ("paths.", "logger.", "callbacks.", "hydra.", "tags", "task_name", "ckpt_path",
                "skip_finished", "dataset.root", "trainer.default_root_dir")
@@ -192,6 +194,12 @@ def layout_table(summary: pd.DataFrame, row_key: str, metric: str = "recall@20")
     rows = list(dict.fromkeys(best.sort_values(f"test_{metric}_mean", ascending=False)[row_key]))
     return pd.DataFrame([[cells.get((r, d), "-") for d in datasets] for r in rows],
                         index=pd.Index(rows, name=row_key), columns=datasets)
+
+
+def reference_variant(variants: Sequence[str]) -> str:
+    """The variant the others are compared with: the full model (``MLLMRec``, or ``full`` in the
+    ablation configs), else the first one."""
+    return next((v for v in REFERENCE_VARIANTS if v in variants), variants[0])
 
 
 def paired_ttest(jobs: pd.DataFrame, a: str, b: str, metric: str = "test_recall@20",
@@ -369,7 +377,7 @@ def _ttest_section(jobs: pd.DataFrame, out: Path, pair: Sequence[str] | None) ->
         if len(variants) < 2:
             section.note = "fewer than two variants in this sweep"
             return section
-        first = "MLLMRec" if "MLLMRec" in variants else variants[0]
+        first = reference_variant(variants)
         pairs = [(first, v) for v in variants if v != first]
     else:
         pairs = [tuple(pair)]
@@ -427,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a sweep folder, e.g. multirun/2026-01-01_12-00-00")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <sweep_dir>/report)")
     parser.add_argument("--ttest", nargs=2, metavar=("A", "B"), default=None,
-                        help="variants to compare (default: MLLMRec against every other variant)")
+                        help="variants to compare (default: the full model, MLLMRec or 'full', against "
+                             "every other variant)")
     args = parser.parse_args(argv)
     try:
         sections = build_report(args.sweep_dir, args.out, args.ttest)

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_helpers import FAKE_SEEDS, ROOT, fake_scores, write_fake_sweep  # noqa: E402
 
 from mllmrec.report import (  # noqa: E402
-    alpha_kc_grid, best_by_validation, build_report, layout_table, load_jobs, paired_ttest, summarize,
+    alpha_kc_grid, best_by_validation, build_report, layout_table, load_jobs, paired_ttest, reference_variant,
+    summarize,
 )
 
 
@@ -117,6 +118,12 @@ def test_paired_ttest_over_seeds_matches_scipy(fake_sweep):
         assert result.loc[dataset, "pairs"] == 3
         assert result.loc[dataset, "t"] == pytest.approx(expected.statistic)
         assert result.loc[dataset, "p"] == pytest.approx(expected.pvalue)
+
+
+def test_variants_are_compared_with_the_full_model():
+    assert reference_variant(["w/o RS", "MLLMRec", "BPR"]) == "MLLMRec"
+    assert reference_variant(["w/o GD", "full", "w/o RS"]) == "full"  # conf/experiment/ablation_full.yaml
+    assert reference_variant(["BPR", "LightGCN"]) == "BPR"
 
 
 def test_sections_without_data_are_skipped_with_a_note(tmp_path):
