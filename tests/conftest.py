@@ -31,7 +31,9 @@ def train_cfg(tmp_path, data_dir):
     """Factory: ``train_cfg(*overrides)`` -> a CPU, no-logger, small-demo train config."""
 
     def make(*overrides: str) -> DictConfig:
-        base = [f"paths.data_dir={data_dir}", "logger=none", "trainer=cpu", *SMALL_DEMO,
+        other_dataset = any(o.startswith("dataset=") for o in overrides)
+        base = [f"paths.data_dir={data_dir}", "logger=none", "trainer=cpu",
+                *([] if other_dataset else SMALL_DEMO),  # demo-only keys
                 "callbacks.progress_bar=null", "compare_popularity=false"]
         return compose_config("train", base + list(overrides), tmp_path / "run")
 

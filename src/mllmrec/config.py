@@ -20,6 +20,12 @@ def _require(cond: bool, key: str, value: object, rule: str) -> None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Range and file checks for ``train.yaml`` (unknown keys are rejected by Hydra's struct mode)."""
+    unset = [k for k in ("name", "root") if OmegaConf.is_missing(cfg.dataset, k)]
+    if unset:  # checked first: other keys interpolate these
+        raise ConfigError(
+            f"dataset.{' and dataset.'.join(unset)} must be set. For an MMRec-format folder: "
+            "dataset=mmrec dataset.root=<folder holding <name>.inter> dataset.name=<name>."
+        )
     missing = sorted(OmegaConf.missing_keys(cfg))
     missing = [m for m in missing if not m.startswith("hydra")]
     if missing:
