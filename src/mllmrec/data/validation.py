@@ -106,7 +106,7 @@ def load_feature_matrix(path: Path, n_rows: int, what: str) -> np.ndarray:
         )
     if not np.issubdtype(mm.dtype, np.floating):
         raise DatasetError(f"{what} features: {path} has dtype {mm.dtype}; expected float32/float64.")
-    features = np.asarray(mm, dtype=np.float32)
+    features = np.array(mm, dtype=np.float32)  # a writable in-memory copy, not the read-only map
     bad_rows = ~np.isfinite(features).all(axis=1)
     if bad_rows.any():
         raise DatasetError(
