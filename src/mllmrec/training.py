@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import time
 from pathlib import Path
@@ -152,7 +151,3 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     _print_table(rows)
     log.info("metrics written to %s", output_dir / "metrics.json")
     return summary, {"datamodule": datamodule, "model": model, "trainer": trainer}
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps({"use": "python train.py"}))
