@@ -438,6 +438,19 @@ def _check_aligned(features: Tensor, interactions: Any) -> None:
 # public API
 
 
+def _check_refined_args(
+    features: Any, interactions: Any, k_s: Any, alpha: Any, k_c: Any
+) -> tuple[Tensor, sp.csr_matrix, int, float, int]:
+    """Validated ``(features, binary interactions, k_s, alpha, k_c)`` of the refined-graph functions."""
+    features = _check_features(features)
+    k_s = _check_int("k_s", k_s, 1)
+    alpha = _check_alpha(alpha)
+    k_c = _check_int("k_c", k_c, 0)
+    binary = _binarize_interactions(interactions)
+    _check_aligned(features, binary)
+    return features, binary, k_s, alpha, k_c
+
+
 def semantic_graph(
     features: Tensor, k: int, alpha: float, chunk_size: int = DEFAULT_SEMANTIC_CHUNK
 ) -> Tensor:
@@ -529,12 +542,7 @@ def refined_item_graph(
         - **input:** features ``[I, d]``, interactions ``[U, I]``
         - **output:** coalesced sparse COO float32 ``[I, I]`` on ``features.device``.
     """
-    features = _check_features(features)
-    k_s = _check_int("k_s", k_s, 1)
-    alpha = _check_alpha(alpha)
-    k_c = _check_int("k_c", k_c, 0)
-    binary = _binarize_interactions(interactions)
-    _check_aligned(features, binary)
+    features, binary, k_s, alpha, k_c = _check_refined_args(features, interactions, k_s, alpha, k_c)
     semantic = semantic_graph(features, k_s, alpha)
     cooccurrence = cooccurrence_graph(binary, k_c) if k_c > 0 else None
     return _add_graphs(semantic, cooccurrence)
@@ -637,12 +645,7 @@ def cached_refined_item_graph(
         - **input:** features ``[I, d]``, interactions ``[U, I]``
         - **output:** coalesced sparse COO float32 ``[I, I]`` on ``features.device``.
     """
-    features = _check_features(features)
-    k_s = _check_int("k_s", k_s, 1)
-    alpha = _check_alpha(alpha)
-    k_c = _check_int("k_c", k_c, 0)
-    binary = _binarize_interactions(interactions)
-    _check_aligned(features, binary)
+    features, binary, k_s, alpha, k_c = _check_refined_args(features, interactions, k_s, alpha, k_c)
     features_hash = stable_hash(features.detach().to(torch.float32).cpu())
     interactions_hash = stable_hash(binary)
     # plain int/float so that e.g. numpy scalars and Python numbers give the same key
@@ -681,12 +684,7 @@ def graph_statistics(
         ``knn_similarities`` (float32 numpy array: cosine of every top-``K_s`` edge except self-loops,
         before pruning: the histogram of the paper's Fig. 1b).
     """
-    features = _check_features(features)
-    k_s = _check_int("k_s", k_s, 1)
-    alpha = _check_alpha(alpha)
-    k_c = _check_int("k_c", k_c, 0)
-    binary = _binarize_interactions(interactions)
-    _check_aligned(features, binary)
+    features, binary, k_s, alpha, k_c = _check_refined_args(features, interactions, k_s, alpha, k_c)
     knn = _semantic_knn(features, k_s, DEFAULT_SEMANTIC_CHUNK)
     semantic = _semantic_from_knn(knn, alpha)
     cooccurrence = cooccurrence_graph(binary, k_c) if k_c > 0 else None
