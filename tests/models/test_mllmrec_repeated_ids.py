@@ -3,6 +3,7 @@ per-row computation, and fewer tower rows."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mllmrec.models import MLLMRec
@@ -44,3 +45,23 @@ def test_towers_see_each_distinct_id_once():
     neg = torch.tensor([5, 6, 6, 7, 3, 8])
     model.loss(u, pos, neg)
     assert rows == {"users": 3, "items": 6}  # {0, 1, 2} and {3, 4, 5, 6, 7, 8}
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.0, -0.2])
+def test_tower_matches_the_functional_formula(slope):
+    """Eq. 14 written out with out-of-place ops: the tower (in-place activation for slope >= 0) gives
+    the same output and weight gradients."""
+    from mllmrec.models import mlp_tower
+
+    torch.manual_seed(0)
+    tower = mlp_tower(6, 5, 3, negative_slope=slope)
+    x = torch.randn(11, 6)
+    tower(x).pow(2).sum().backward()
+    got = [p.grad.clone() for p in tower.parameters()]
+    w1, b1, w2, b2 = (p.detach().clone().requires_grad_() for p in tower.parameters())
+    z = x @ w1.T + b1
+    h = torch.where(z > 0, z, slope * z) @ w2.T + b2
+    h.pow(2).sum().backward()
+    torch.testing.assert_close(tower(x), h)
+    for g, ref in zip(got, (w1, b1, w2, b2)):
+        torch.testing.assert_close(g, ref.grad)

@@ -40,6 +40,8 @@ class Recommender(L.LightningModule):
         self.ks = tuple(int(k) for k in ks)
         self._ranking: RankingMetrics | None = None
         self.history: list[dict] = []  # one dict of validation metrics per epoch
+        self._train_loss_sum = torch.zeros(())  # sum over the epoch's triplets of the BPR loss
+        self._train_loss_count = 0
 
     # ------------------------------------------------------------------ to implement
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
@@ -59,17 +61,30 @@ class Recommender(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if hasattr(datamodule, "set_epoch"):
             datamodule.set_epoch(self.current_epoch)
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_loss_count = 0
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         users, positives, negatives = batch
         loss = self.loss(users, positives, negatives)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite BPR loss {loss.item()} at epoch {self.current_epoch}")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
+        # summed here and logged once per epoch (below): a per-step ``self.log(..., on_epoch=True)``
+        # costs ~2 ms in Lightning's metric bookkeeping, ~5% of a Baby epoch on CPU
+        self._train_loss_sum += loss.detach() * len(users)
+        self._train_loss_count += len(users)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        if self._train_loss_count:  # the mean over triplets, as Lightning's batch_size-weighted epoch mean
+            self.log("train/loss", self._train_loss_sum / self._train_loss_count, prog_bar=True)
+
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = list(self.parameters())
+        # Adam's fused kernel (same update rule, one pass per tensor) saves ~1 ms per step on CPU
+        # over the default foreach path: ~3% of a Baby epoch. It exists for CPU and CUDA tensors only.
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
 
     # ------------------------------------------------------------------ evaluation
     def _start_eval(self, split: str) -> None:

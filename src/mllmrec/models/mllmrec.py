@@ -26,9 +26,15 @@ __all__ = ["MLLMRec", "mlp_tower"]
 
 
 def mlp_tower(in_dim: int, hidden_dim: int, out_dim: int, negative_slope: float = 0.01) -> nn.Sequential:
-    """Eq. 14: ``H = LeakyReLU(E W1 + b1) W2 + b2`` with Xavier-initialised weights (zero biases)."""
+    """Eq. 14: ``H = LeakyReLU(E W1 + b1) W2 + b2`` with Xavier-initialised weights (zero biases).
+
+    The activation runs in place on the first layer's output (one [n, hidden] buffer less per pass);
+    its backward then reads the output, which autograd allows only for a slope >= 0.
+    """
     tower = nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.LeakyReLU(negative_slope), nn.Linear(hidden_dim, out_dim)
+        nn.Linear(in_dim, hidden_dim),
+        nn.LeakyReLU(negative_slope, inplace=negative_slope >= 0),
+        nn.Linear(hidden_dim, out_dim),
     )
     for layer in tower:
         if isinstance(layer, nn.Linear):
@@ -144,7 +150,7 @@ class MLLMRec(Recommender):
     def user_inputs(self, users: Tensor) -> Tensor:
         if self.user_table is not None:
             return self.user_table(users)
-        return self.user_features[users]
+        return self.user_features.index_select(0, users)
 
     def user_repr(self, users: Tensor) -> Tensor:
         """h_u [B, d]."""
@@ -153,7 +159,7 @@ class MLLMRec(Recommender):
     def item_repr(self, items: Tensor | None = None) -> Tensor:
         """h_i [B, d] (all items when ``items`` is None)."""
         inputs = self.propagated_items()
-        return self.item_tower(inputs if items is None else inputs[items])
+        return self.item_tower(inputs if items is None else inputs.index_select(0, items))
 
     @staticmethod
     def _per_unique(fn, ids: Tensor) -> Tensor:
@@ -167,7 +173,9 @@ class MLLMRec(Recommender):
         Shapes: ids [B] -> [B, d].
         """
         unique, inverse = torch.unique(ids, return_inverse=True)
-        return fn(unique)[inverse]
+        # index_select, not ``[inverse]``: its backward is index_add_, ~3x faster on CPU than the
+        # accumulating index_put_ that advanced indexing uses (~0.2 s per Baby epoch)
+        return fn(unique).index_select(0, inverse)
 
     def all_user_inputs(self) -> Tensor:
         return self.user_table.weight if self.user_table is not None else self.user_features
