@@ -237,6 +237,25 @@ def test_two_job_multirun(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+def test_ddp_on_two_cpu_ranks_matches_one_process(tmp_path, data_dir):
+    """trainer=ddp with two gloo ranks on the CPU. Each rank ranks a share of the users and the shares
+    are merged, so the metrics must equal the single-process run's exactly (lr ~0: training cannot
+    make them differ). Also: the frozen sparse graph is not broadcast (DDP cannot), and only rank 0
+    writes metrics.json."""
+    common = [f"paths.data_dir={data_dir}", "logger=none", *SMALL_DEMO, "trainer.max_epochs=2",
+              "model.lr=1e-12", "compare_popularity=false", "callbacks.progress_bar=null"]
+    single = _run_train([*common, f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = _run_train([*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                      f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("single", "ddp"))
+    assert one["history"] == two["history"] and len(two["history"]) == 2
+    assert one["valid"] == two["valid"] and one["test"] == two["test"]
+    assert (ddp.stdout + ddp.stderr).count("metrics written to") == 1
+
+
+@pytest.mark.slow
 def test_default_demo_beats_popularity(tmp_path):
     """`python train.py` with no arguments: the embedded demo, offline, on CPU."""
     result = _run_train([f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)

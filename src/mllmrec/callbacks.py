@@ -120,7 +120,9 @@ class UserTSNE(Callback):
         from sklearn.manifold import TSNE
 
         dm = trainer.datamodule
-        if not trainer.is_global_zero or not hasattr(pl_module, "user_repr") or getattr(dm, "data", None) is None:
+        if not trainer.is_global_zero:
+            return
+        if not hasattr(pl_module, "user_repr") or getattr(dm, "data", None) is None:
             log.info("user t-SNE skipped: the model has no user_repr")
             return
         n_total = dm.data.n_users

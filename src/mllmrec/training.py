@@ -132,8 +132,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         checkpointer = getattr(trainer, "checkpoint_callback", None)
         if checkpointer is not None and getattr(checkpointer, "best_model_path", ""):
             ckpt = checkpointer.best_model_path
-        results = trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        summary["test"] = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("test/")}
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        # the float64 values the metric computed (Lightning's returned dict holds float32 copies)
+        summary["test"] = dict(model.eval_results["test"])
         summary["test_checkpoint"] = ckpt
     summary["epochs_run"] = int(trainer.current_epoch)
     summary["history"] = history
@@ -146,8 +147,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         rows["popularity valid"] = summary["popularity"]["valid"]
         rows["popularity test"] = summary["popularity"]["test"]
     summary["config_fingerprint"] = config_fingerprint(cfg)  # lets a rerun of the sweep skip this job
-    atomic_write_json(output_dir / "metrics.json", summary)
-    log_results(loggers, rows)
-    _print_table(rows)
-    log.info("metrics written to %s", output_dir / "metrics.json")
+    if trainer.is_global_zero:  # under DDP every rank gets here with the same results; one writes them
+        atomic_write_json(output_dir / "metrics.json", summary)
+        log_results(loggers, rows)
+        _print_table(rows)
+        log.info("metrics written to %s", output_dir / "metrics.json")
     return summary, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -68,3 +68,14 @@ def test_optimiser_is_adam_with_the_configured_settings():
     assert optimiser.defaults["lr"] == 0.01 and optimiser.defaults["weight_decay"] == 0.1
     # the fused kernel, since every parameter is a float tensor on the CPU
     assert optimiser.defaults["fused"] is True
+
+
+def test_frozen_inputs_are_kept_out_of_ddp_broadcasts():
+    """Non-persistent (frozen) and sparse buffers are named for DDP to ignore; trained weights are not."""
+    from mllmrec.models import MLLMRec
+
+    model = MLLMRec(torch.randn(6, 4), torch.randn(5, 4), torch.eye(6).to_sparse(), d=2)
+    assert model.frozen_buffer_names() == ["item_features", "item_graph", "item_inputs", "user_features"]
+    model.setup("fit")
+    assert set(model._ddp_params_and_buffers_to_ignore) == set(model.frozen_buffer_names())
+    assert not any(name in model._ddp_params_and_buffers_to_ignore for name, _ in model.named_parameters())

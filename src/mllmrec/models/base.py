@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from mllmrec.metrics import RankingMetrics
 
@@ -40,6 +41,7 @@ class Recommender(L.LightningModule):
         self.ks = tuple(int(k) for k in ks)
         self._ranking: RankingMetrics | None = None
         self.history: list[dict] = []  # one dict of validation metrics per epoch
+        self.eval_results: dict[str, dict[str, float]] = {}  # the last pass's metrics, "val" / "test"
         self._train_loss_sum = torch.zeros(())  # sum over the epoch's triplets of the BPR loss
         self._train_loss_count = 0
 
@@ -53,6 +55,24 @@ class Recommender(L.LightningModule):
 
     def prepare_eval(self) -> None:
         """Called once before each validation/test pass (in eval mode, without grad)."""
+
+    # ------------------------------------------------------------------ set-up
+    def frozen_buffer_names(self) -> list[str]:
+        """Fully qualified names of the frozen inputs: every non-persistent buffer (set or still None)
+        and every sparse buffer."""
+        names = set()
+        for prefix, module in self.named_modules():
+            for name, buffer in module._buffers.items():
+                frozen = name in module._non_persistent_buffers_set
+                if frozen or (buffer is not None and buffer.layout != torch.strided):
+                    names.add(f"{prefix}.{name}" if prefix else name)
+        return sorted(names)
+
+    def setup(self, stage: str) -> None:
+        # DDP must not broadcast the frozen inputs: every rank builds the same ones from the same data,
+        # it cannot broadcast sparse tensors at all, and with broadcast_buffers it would re-send them
+        # (tens of MB of features) before every forward. Lightning calls this hook before wrapping.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, self.frozen_buffer_names())
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
@@ -107,8 +127,11 @@ class Recommender(L.LightningModule):
             self._ranking.synchronize(lambda t: self.all_gather(t.to(self.device)))
         results = self._ranking.compute()
         self._ranking = None
+        self.eval_results[prefix] = results
         for name, value in results.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == f"recall@{max(self.ks)}")
+            # every rank holds the same merged value, so the mean over ranks (sync_dist) is that value;
+            # asking for it keeps Lightning from warning under DDP
+            self.log(f"{prefix}/{name}", value, prog_bar=name == f"recall@{max(self.ks)}", sync_dist=True)
         return results
 
     def on_validation_epoch_start(self) -> None:
