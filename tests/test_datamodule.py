@@ -69,6 +69,33 @@ def test_reasoning_outputs_are_encoded_by_source_column(train_cfg):
                                encode_texts(items["text"].tolist()[:3], spec), atol=1e-5)
 
 
+def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog):
+    cfg = train_cfg("mllm.name=fakellm3")
+    ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
+    _, users = _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm3")
+    status = ["ok"] * len(users)
+    status[:3] = ["skipped_limit"] * 3
+    status[5] = "failed"
+    users["status"] = status
+    users.loc[[0, 1, 2, 5], "profile"] = ""
+    users.to_parquet(DatasetLayout(cfg.dataset.root).reasoning("fakellm3") / "user_profiles.parquet")
+    dm = hydra.utils.instantiate(cfg.data)
+    from mllmrec.data import load_processed_dataset
+
+    with caplog.at_level("WARNING", logger="mllmrec.datamodule"):
+        dm.item_and_user_texts(load_processed_dataset(cfg.dataset.root))
+    (message,) = [r.getMessage() for r in caplog.records if "empty profile" in r.getMessage()]
+    assert f"4 of {len(users)} users" in message
+    assert "3 skipped_limit (reason.py ran with reason.limit_users" in message
+    assert "1 failed (rerun reason.py with reason.retry_failed=true)" in message
+
+    caplog.clear()
+    _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm3")
+    with caplog.at_level("WARNING", logger="mllmrec.datamodule"):
+        dm.item_and_user_texts(load_processed_dataset(cfg.dataset.root))
+    assert not [r for r in caplog.records if "empty profile" in r.getMessage()]
+
+
 def test_reasoning_table_with_missing_rows_is_rejected(train_cfg):
     cfg = train_cfg("mllm.name=fakellm2")
     ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)

@@ -77,6 +77,31 @@ def sample_negatives(
     return negatives
 
 
+# --------------------------------------------------------------------------- reasoning outputs
+_EMPTY_PROFILE_FIXES = {
+    "skipped_limit": "reason.py ran with reason.limit_users: rerun it without the limit",
+    "failed": "rerun reason.py with reason.retry_failed=true",
+    "no_history": "these users have no training interaction in the chosen history",
+}
+
+
+def _warn_empty_profiles(path: Path, users: pd.DataFrame, profiles: list[str]) -> None:
+    """Say loudly when some users have no profile: they are encoded from an empty text, which
+    silently turns a partial reasoning run (e.g. a ``reason.limit_users`` smoke test) into a poor
+    user tower."""
+    empty = np.array([not p.strip() for p in profiles], dtype=bool)
+    if not empty.any():
+        return
+    statuses = users["status"].to_numpy()[empty] if "status" in users.columns else np.array(["empty"] * empty.sum())
+    counts = pd.Series(statuses).value_counts()
+    detail = "; ".join(
+        f"{n} {status}" + (f" ({_EMPTY_PROFILE_FIXES[status]})" if status in _EMPTY_PROFILE_FIXES else "")
+        for status, n in counts.items()
+    )
+    log.warning("%s: %d of %d users have an empty profile and are encoded from empty text: %s",
+                path, int(empty.sum()), len(profiles), detail)
+
+
 # --------------------------------------------------------------------------- batches
 class BPRTriplets(Dataset):
     """(user, positive, negative) batches over all training interactions, one epoch at a time.
@@ -302,7 +327,9 @@ class MLLMRecDataModule(L.LightningDataModule):
                     "for another version of the dataset: rerun reason.py."
                 )
         item_texts = items.sort_values("item_id")[column].fillna("").astype(str).tolist()
-        user_texts = users.sort_values("user_id")["profile"].fillna("").astype(str).tolist()
+        users = users.sort_values("user_id")
+        user_texts = users["profile"].fillna("").astype(str).tolist()
+        _warn_empty_profiles(users_path, users, user_texts)
         return item_texts, user_texts
 
     def setup(self, stage: str | None = None) -> None:
