@@ -87,7 +87,7 @@ def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog
     (message,) = [r.getMessage() for r in caplog.records if "empty profile" in r.getMessage()]
     assert f"4 of {len(users)} users" in message
     assert "3 skipped_limit (reason.py ran with reason.limit_users" in message
-    assert "1 failed (rerun reason.py with reason.retry_failed=true)" in message
+    assert "1 failed (rerun reason.py: it retries recorded failures" in message
 
     caplog.clear()
     _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm3")

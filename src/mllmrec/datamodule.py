@@ -80,7 +80,7 @@ def sample_negatives(
 # --------------------------------------------------------------------------- reasoning outputs
 _EMPTY_PROFILE_FIXES = {
     "skipped_limit": "reason.py ran with reason.limit_users: rerun it without the limit",
-    "failed": "rerun reason.py with reason.retry_failed=true",
+    "failed": "rerun reason.py: it retries recorded failures (reason.retry_failed, on by default)",
     "no_history": "these users have no training interaction in the chosen history",
 }
 
