@@ -19,7 +19,14 @@ from mllmrec.metrics import RankingMetrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recommender", "bpr_loss"]
+__all__ = ["Recommender", "bpr_loss", "require_at_least"]
+
+
+def require_at_least(key: str, value: float, minimum: float) -> None:
+    """``ValueError`` naming the config key when ``value < minimum`` (models built outside train.py
+    get the same message as the start-up check)."""
+    if value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value}")
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mllmrec.models.base import Recommender, bpr_loss
+from mllmrec.models.base import Recommender, bpr_loss, require_at_least
 
 __all__ = ["BPR", "embedding_l2"]
 
@@ -57,10 +57,8 @@ class BPR(Recommender):
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
-        if d < 1:
-            raise ValueError(f"model.d must be >= 1, got {d}")
-        if reg_weight < 0:
-            raise ValueError(f"model.reg_weight must be >= 0, got {reg_weight}")
+        require_at_least("model.d", d, 1)
+        require_at_least("model.reg_weight", reg_weight, 0)
         self.save_hyperparameters()
         self.reg_weight = float(reg_weight)
         self.user_embedding = nn.Embedding(n_users, d)

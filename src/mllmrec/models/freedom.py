@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from mllmrec.graph import normalize_adjacency, semantic_graph
-from mllmrec.models.base import Recommender, bpr_loss
+from mllmrec.models.base import Recommender, bpr_loss, require_at_least
 from mllmrec.models.ui_graph import (
     SparseOperator,
     bipartite_edges,
@@ -139,10 +139,9 @@ class FREEDOM(Recommender):
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
-        if d < 1:
-            raise ValueError(f"model.d must be >= 1, got {d}")
-        if mm_layers < 0 or ui_layers < 0:
-            raise ValueError(f"model.mm_layers and model.ui_layers must be >= 0, got {mm_layers}, {ui_layers}")
+        require_at_least("model.d", d, 1)
+        require_at_least("model.mm_layers", mm_layers, 0)
+        require_at_least("model.ui_layers", ui_layers, 0)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         if tuple(train_interactions.shape) != (n_users, n_items) or item_features.shape[0] != n_items:

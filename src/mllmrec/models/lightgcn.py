@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from mllmrec.models.base import Recommender, bpr_loss
+from mllmrec.models.base import Recommender, bpr_loss, require_at_least
 from mllmrec.models.bpr import embedding_l2
 from mllmrec.models.ui_graph import (
     SparseOperator,
@@ -56,10 +56,8 @@ class LightGCN(Recommender):
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
-        if d < 1:
-            raise ValueError(f"model.d must be >= 1, got {d}")
-        if layers < 0:
-            raise ValueError(f"model.layers must be >= 0, got {layers}")
+        require_at_least("model.d", d, 1)
+        require_at_least("model.layers", layers, 0)
         if tuple(train_interactions.shape) != (n_users, n_items):
             raise ValueError(f"train_interactions has shape {train_interactions.shape}, expected "
                              f"({n_users}, {n_items})")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllmrec.graph import normalize_adjacency, propagate
-from mllmrec.models.base import Recommender, bpr_loss
+from mllmrec.models.base import Recommender, bpr_loss, require_at_least
 from mllmrec.models.ui_graph import (
     SparseOperator,
     bipartite_edges,
@@ -90,12 +90,9 @@ class MLLMRec(Recommender):
         ui_layers: int = 0,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
-        if d < 1:
-            raise ValueError(f"model.d must be >= 1, got {d}")
-        if layers < 0:
-            raise ValueError(f"graph.layers must be >= 0, got {layers}")
-        if ui_layers < 0:
-            raise ValueError(f"model.ui_layers must be >= 0, got {ui_layers}")
+        require_at_least("model.d", d, 1)
+        require_at_least("graph.layers", layers, 0)
+        require_at_least("model.ui_layers", ui_layers, 0)
         hidden_dim = hidden_dim or 4 * d
         self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph", "train_interactions"])
         n_items, feat_dim = item_features.shape

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mllmrec.models.base import Recommender, bpr_loss
+from mllmrec.models.base import Recommender, bpr_loss, require_at_least
 from mllmrec.models.bpr import embedding_l2
 
 __all__ = ["VBPR"]
@@ -48,8 +48,7 @@ class VBPR(Recommender):
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
-        if d < 1:
-            raise ValueError(f"model.d must be >= 1, got {d}")
+        require_at_least("model.d", d, 1)
         if item_features.dim() != 2:
             raise ValueError(f"item_features must be [I, d_t], got {tuple(item_features.shape)}")
         self.save_hyperparameters(ignore=["item_features"])
