@@ -131,9 +131,13 @@ class BPRTriplets(Dataset):
     def build_epoch(self, epoch: int) -> None:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.users))
-        users, items = self.users[order], self.items[order]
-        negatives = sample_negatives(users, self.n_items, self.positive_keys, rng)
-        self.epoch_arrays = tuple(torch.from_numpy(a) for a in (users, items, negatives))
+        # negatives are drawn in the stored (user-sorted) row order and shuffled with the rows: the
+        # same distribution (one independent uniform non-positive per row), but the positive-pair
+        # lookups then walk the sorted keys in order instead of at random (~3x faster, ~17 ms of a
+        # Baby epoch)
+        negatives = sample_negatives(self.users, self.n_items, self.positive_keys, rng)
+        arrays = (self.users[order], self.items[order], negatives[order])
+        self.epoch_arrays = tuple(torch.from_numpy(a) for a in arrays)
 
     def __getitem__(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.epoch_arrays is None:

@@ -79,3 +79,27 @@ def test_frozen_inputs_are_kept_out_of_ddp_broadcasts():
     model.setup("fit")
     assert set(model._ddp_params_and_buffers_to_ignore) == set(model.frozen_buffer_names())
     assert not any(name in model._ddp_params_and_buffers_to_ignore for name, _ in model.named_parameters())
+
+
+def test_hook_name_fast_path_keeps_module_semantics(monkeypatch):
+    """Lightning's per-hook ``_current_fx_name`` skips nn.Module's bookkeeping; everything else keeps it."""
+    model = BPR(n_users=3, n_items=4, d=2)
+    extra = torch.nn.Linear(2, 2)
+    calls: list[str] = []
+    module_setattr = torch.nn.Module.__setattr__
+
+    def counting(self, name, value):
+        calls.append(name)
+        module_setattr(self, name, value)
+
+    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting)
+    model._current_fx_name = "training_step"
+    assert model._current_fx_name == "training_step"
+    assert calls == []  # the fast path
+    n_params = len(list(model.parameters()))
+    model.extra = extra  # a submodule still registers, with its parameters
+    model.scale = torch.nn.Parameter(torch.ones(()))
+    assert calls == ["extra", "scale"]
+    assert "extra" in dict(model.named_children())
+    assert len(list(model.parameters())) == n_params + 3
+    assert "_current_fx_name" not in model.state_dict()
