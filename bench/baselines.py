@@ -15,11 +15,9 @@ import argparse
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 MODELS = {  # name -> Hydra overrides
     "BPR": ["model=bpr"],
@@ -79,10 +77,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        out = ROOT / "bench" / "results" / "baselines.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a", encoding="utf-8") as fh:
-            fh.write(f"\n### {time.strftime('%Y-%m-%d %H:%M')}\n\n{text}")
+        bench.append_results("baselines.md", text)
 
 
 if __name__ == "__main__":

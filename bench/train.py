@@ -264,6 +264,14 @@ def markdown(results: list[dict], command: str) -> str:
     return "\n".join(header + lines + detail) + "\n"
 
 
+def append_results(file_name: str, text: str) -> None:
+    """Append ``text`` under a timestamp heading to ``bench/results/<file_name>`` (kept as a log)."""
+    out = ROOT / "bench" / "results" / file_name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as fh:
+        fh.write(f"\n### {time.strftime('%Y-%m-%d %H:%M')}\n\n{text}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["baby", "sports", "clothing"])
@@ -299,10 +307,7 @@ def main() -> None:
     text = markdown(results, command.strip())
     print(text)
     if not args.no_write:
-        out = ROOT / "bench" / "results" / "train.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a", encoding="utf-8") as fh:
-            fh.write(f"\n### {time.strftime('%Y-%m-%d %H:%M')}\n\n{text}")
+        append_results("train.md", text)
 
 
 if __name__ == "__main__":
