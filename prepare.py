@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -30,14 +29,11 @@ log = logging.getLogger("prepare")
 def main(cfg: DictConfig) -> str:
     """Prepare ``cfg.dataset``; returns the processed folder. Bad input exits with status 2 and
     the error's message (which names the file/field and the fix) instead of a traceback."""
-    from mllmrec.data.errors import DatasetError
+    from mllmrec.errors import exit_on_user_error
     from mllmrec.prepare.cli import run_prepare
 
-    try:
+    with exit_on_user_error(log):
         outcome = run_prepare(cfg)
-    except DatasetError as err:
-        log.error("%s", err)
-        sys.exit(2)
     return str(outcome.layout.processed)
 
 

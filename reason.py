@@ -32,10 +32,12 @@ EXIT_SHARDS_PENDING = 3
 @hydra.main(version_base="1.3", config_path="conf", config_name="reason")
 def main(cfg: DictConfig) -> str:
     """Run the reasoning stage; returns the output folder."""
+    from mllmrec.errors import exit_on_user_error
     from mllmrec.reasoning import ShardsPending, run_reasoning
 
     try:
-        result = run_reasoning(cfg)
+        with exit_on_user_error(log):  # bad config / data / backend: one message, exit 2
+            result = run_reasoning(cfg)
     except ShardsPending as pending:
         # not a crash: this shard finished its part; a rerun (or the last shard) will merge
         log.warning("%s", pending)

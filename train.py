@@ -4,6 +4,7 @@ Sweeps:  python train.py -m graph.alpha=0.4,0.5,0.6,0.7 graph.kc=5,10,15,20 [hyd
          python train.py -m hparams_search=optuna          (docs/sweeps.md)
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,20 +16,26 @@ ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 load_dotenv(ROOT / ".env")  # WANDB_*, MLLMREC_DATA_DIR, ...: see .env.example
 
+log = logging.getLogger("train")
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from mllmrec.sweep.objective import objective
+    """Fit and evaluate one configuration; returns ``optimized_metric`` (what sweepers optimise).
+    A user error (bad value, missing data) prints one message and exits with status 2."""
+    from mllmrec.errors import exit_on_user_error
     from mllmrec.sweep.resume import finished_summary
+    from mllmrec.train.objective import objective
 
-    summary = finished_summary(cfg)  # a rerun of a named sweep skips the jobs it already finished
-    if summary is None:
-        from mllmrec.sweep.task import job_context
-        from mllmrec.training import train
+    with exit_on_user_error(log):
+        summary = finished_summary(cfg)  # a rerun of a named sweep skips the jobs it already finished
+        if summary is None:
+            from mllmrec.train.job import job_context
+            from mllmrec.train.task import train
 
-        with job_context(cfg):  # logs + records a failure; finishes this job's W&B run
-            summary, _ = train(cfg)
-    return objective(summary, cfg.optimized_metric)
+            with job_context(cfg):  # records a failure; finishes this job's W&B run
+                summary, _ = train(cfg)
+        return objective(summary, cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def worker(shape_name: str, epochs: int, data_dir: Path, overrides: list[str], t
         torch.set_num_threads(threads)
 
     from _shapes import SHAPES, ensure_mmrec_folder
-    from mllmrec.training import model_inputs
+    from mllmrec.train.task import model_inputs
 
     shape = SHAPES[shape_name]
     folder = ensure_mmrec_folder(shape, data_dir)

@@ -82,7 +82,7 @@ def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog
     dm = hydra.utils.instantiate(cfg.data)
     from mllmrec.data import load_processed_dataset
 
-    with caplog.at_level("WARNING", logger="mllmrec.datamodule"):
+    with caplog.at_level("WARNING", logger="mllmrec.train.datamodule"):
         dm.item_and_user_texts(load_processed_dataset(cfg.dataset.root))
     (message,) = [r.getMessage() for r in caplog.records if "empty profile" in r.getMessage()]
     assert f"4 of {len(users)} users" in message
@@ -91,7 +91,7 @@ def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog
 
     caplog.clear()
     _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm3")
-    with caplog.at_level("WARNING", logger="mllmrec.datamodule"):
+    with caplog.at_level("WARNING", logger="mllmrec.train.datamodule"):
         dm.item_and_user_texts(load_processed_dataset(cfg.dataset.root))
     assert not [r for r in caplog.records if "empty profile" in r.getMessage()]
 
@@ -105,7 +105,7 @@ def test_reasoning_table_with_missing_rows_is_rejected(train_cfg):
 
 
 def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):
-    import mllmrec.datamodule as dmod
+    import mllmrec.train.datamodule as dmod
 
     seen = {}
     real = dmod.cached_refined_item_graph

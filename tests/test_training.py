@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from train_helpers import CONF, ROOT, SMALL_DEMO
-from mllmrec.config import ConfigError
+from mllmrec.train.checks import ConfigError
 from mllmrec.data import DatasetError
-from mllmrec.training import train
+from mllmrec.train.task import train
 
 METRICS = {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
 
@@ -101,7 +101,7 @@ def test_resume_continues_epoch_count(train_cfg, tmp_path):
 
 
 def test_negatives_never_hit_training_positives(train_cfg):
-    from mllmrec.datamodule import MLLMRecDataModule
+    from mllmrec.train.datamodule import MLLMRecDataModule
     import hydra
 
     cfg = train_cfg()
@@ -130,7 +130,7 @@ def test_sample_negatives_dense_user():
     """A user who interacted with all items but one always gets that one."""
     import scipy.sparse as sp
 
-    from mllmrec.datamodule import _pair_keys, sample_negatives
+    from mllmrec.train.batches import _pair_keys, sample_negatives
 
     n_items = 50
     rows = np.r_[np.zeros(49, int), np.ones(3, int)]

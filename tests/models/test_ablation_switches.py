@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.data import DatasetError
-from mllmrec.datamodule import MLLMRecDataModule
+from mllmrec.train.datamodule import MLLMRecDataModule
 from mllmrec.graph import cooccurrence_graph, refined_item_graph, semantic_graph
-from mllmrec.training import model_inputs
+from mllmrec.train.task import model_inputs
 
 ABLATIONS = {  # experiment -> (variant, resolved keys that differ from ablation_full)
     "ablation_wo_rs": ("w/o RS", {"data.use_user_features"}),

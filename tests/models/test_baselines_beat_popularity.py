@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mllmrec.training import popularity_metrics, train
+from mllmrec.train.task import popularity_metrics, train
 
 # a few epochs on the 160-user demo: larger steps than the papers' lr 1e-3, which needs hundreds of
 # epochs on so few batches

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 
 from mllmrec.models import Recommender, bpr_loss
-from mllmrec.training import train
+from mllmrec.train.task import train
 
 RECEIVED: dict[str, object] = {}
 

@@ -69,7 +69,7 @@ def test_gemma3_270m_end_to_end_on_the_demo(gemma_backend, reason_cfg) -> None:
     from train_helpers import compose_config
 
     from mllmrec.encoding import EncoderSpec, encode_texts
-    from mllmrec.training import train
+    from mllmrec.train.task import train
 
     train_cfg = compose_config("train", [
         f"paths.data_dir={cfg.paths.data_dir}", "mllm=gemma3_270m", "dataset.n_users=8",

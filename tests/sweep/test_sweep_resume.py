@@ -16,7 +16,7 @@ from sweep_helpers import compose_train  # noqa: E402
 
 from mllmrec.sweep.failures import JobFailure, failure_from_exception  # noqa: E402
 from mllmrec.sweep.resume import config_fingerprint, finished_summary  # noqa: E402
-from mllmrec.sweep.task import job_context  # noqa: E402
+from mllmrec.train.job import job_context  # noqa: E402
 
 
 def _cfg(tmp_path: Path, *overrides: str, out: str = "job"):

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sweep_helpers import SMALL_DEMO, compose_train, encoded_data_dir, read_wandb_records  # noqa: E402, F401
 
-from mllmrec.sweep.tracking import wandb_mode  # noqa: E402
+from mllmrec.train.loggers import wandb_mode  # noqa: E402
 
 
 @pytest.fixture
@@ -81,8 +81,8 @@ def test_offline_run_of_a_sweep_job_holds_metrics_table_and_figures(tmp_path, mo
     import wandb
     from hydra.types import RunMode
 
-    from mllmrec.sweep.task import job_context
-    from mllmrec.training import train
+    from mllmrec.train.job import job_context
+    from mllmrec.train.task import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # never the network, whatever the machine has
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

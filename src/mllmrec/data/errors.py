@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from mllmrec.errors import MllmrecError
 
-class DatasetError(ValueError):
+
+class DatasetError(MllmrecError, ValueError):
     """Bad dataset input. The message names the file/field and says how to fix it."""
 
 

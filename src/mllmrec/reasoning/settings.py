@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mllmrec.errors import MllmrecError
 from mllmrec.reasoning.backends.base import Sampling
 from mllmrec.reasoning.prompts import LIST_STYLES
 
@@ -19,7 +20,7 @@ __all__ = ["ReasonConfigError", "MllmSpec", "DatasetSpec", "ReasonSettings", "BA
 BACKENDS = ("vllm", "openai", "transformers", "fake")
 
 
-class ReasonConfigError(ValueError):
+class ReasonConfigError(MllmrecError, ValueError):
     """A bad ``reason.*`` / ``mllm.*`` setting; the message names the key and the fix."""
 
 

@@ -9,16 +9,15 @@ record that ``report.py`` can list.
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ERROR_FILE", "JobFailure", "failure_from_exception", "failure_record", "format_failures",
-           "dumps_failures"]
+from mllmrec.train.job import ERROR_FILE
 
-ERROR_FILE = "error.json"
+__all__ = ["JobFailure", "failure_from_exception", "format_failures", "dumps_failures"]
+
 
 
 class JobFailure(RuntimeError):
@@ -53,14 +52,6 @@ def failure_from_exception(job: int | None, overrides: Sequence[str], error: Bas
         return error
     details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return JobFailure(job, overrides, type(error).__name__, str(error), details)
-
-
-def failure_record(error: BaseException, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The content of a job's ``error.json``."""
-    record = failure_from_exception(None, overrides, error).to_dict()
-    record.pop("job")
-    record["pid"] = os.getpid()
-    return record
 
 
 def format_failures(failures: Sequence[JobFailure], total: int, sweep_dir: str | Path) -> str:

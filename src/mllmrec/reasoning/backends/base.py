@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from mllmrec.errors import MllmrecError
+
 if TYPE_CHECKING:  # PIL is imported lazily: only the image step needs it
     from PIL import Image
 
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class BackendError(RuntimeError):
+class BackendError(MllmrecError, RuntimeError):
     """A backend cannot run (bad settings, engine failure). The message says what to do."""
 
 

@@ -15,12 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
-from mllmrec.callbacks import log_results
-from mllmrec.config import validate_train_config
+from mllmrec.train.callbacks import log_results
+from mllmrec.train.checks import validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
-from mllmrec.sweep.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
-from mllmrec.sweep.resume import config_fingerprint
-from mllmrec.sweep.tracking import prepare_wandb_logger
+from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
+from mllmrec.train.fingerprint import config_fingerprint
+from mllmrec.train.loggers import prepare_wandb_logger
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mllmrec.errors import ConfigError
+
 __all__ = ["ConfigError", "validate_train_config"]
-
-
-class ConfigError(ValueError):
-    """A config value is out of range or points at nothing; the message names the key and the fix."""
 
 
 def _require(cond: bool, key: str, value: object, rule: str) -> None:

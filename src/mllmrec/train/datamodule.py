@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from mllmrec.data import (
     DatasetError,
@@ -34,6 +34,7 @@ from mllmrec.data import (
     read_items,
 )
 from mllmrec.data.demo import ensure_demo_dataset
+from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.graph import cached_refined_item_graph
 
@@ -41,40 +42,7 @@ log = logging.getLogger(__name__)
 
 ITEM_TEXT_SOURCES = ("description", "text", "image_description")
 
-__all__ = ["MLLMRecDataModule", "BPRTriplets", "EpochSampler", "sample_negatives", "GraphConfig"]
-
-
-# --------------------------------------------------------------------------- negatives
-def _pair_keys(csr: sp.csr_matrix) -> np.ndarray:
-    """Sorted int64 keys ``user * n_items + item`` of the nonzeros of a CSR matrix."""
-    users = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
-    keys = users * csr.shape[1] + csr.indices.astype(np.int64)
-    keys.sort()
-    return keys
-
-
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(sorted_keys, keys)
-    pos = np.minimum(pos, len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
-
-
-def sample_negatives(
-    users: np.ndarray, n_items: int, positive_keys: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """One item per user drawn uniformly from the items the user has NOT interacted with.
-
-    Rejection sampling, vectorised: draw for everyone, redraw only the rows that hit a positive
-    (``positive_keys`` = sorted ``user * n_items + item`` of the training pairs).
-
-    Shapes: users [B] -> negatives [B].
-    """
-    negatives = rng.integers(n_items, size=len(users))
-    todo = np.flatnonzero(_contains(positive_keys, users * n_items + negatives))
-    while len(todo):
-        negatives[todo] = rng.integers(n_items, size=len(todo))
-        todo = todo[_contains(positive_keys, users[todo] * n_items + negatives[todo])]
-    return negatives
+__all__ = ["MLLMRecDataModule", "GraphConfig"]
 
 
 # --------------------------------------------------------------------------- reasoning outputs
@@ -100,80 +68,6 @@ def _warn_empty_profiles(path: Path, users: pd.DataFrame, profiles: list[str]) -
     )
     log.warning("%s: %d of %d users have an empty profile and are encoded from empty text: %s",
                 path, int(empty.sum()), len(profiles), detail)
-
-
-# --------------------------------------------------------------------------- batches
-class BPRTriplets(Dataset):
-    """(user, positive, negative) batches over all training interactions, one epoch at a time.
-
-    Index b is the b-th batch of the current epoch; :class:`EpochSampler` draws the epoch's shuffle
-    and negatives (seeded by ``(seed, epoch)``, so a resumed run sees the same batches).
-    """
-
-    def __init__(self, train: sp.csr_matrix, batch_size: int, seed: int) -> None:
-        self.n_items = train.shape[1]
-        self.users = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(train.indptr))
-        self.items = train.indices.astype(np.int64)
-        self.positive_keys = _pair_keys(train)
-        degree = np.diff(train.indptr)
-        if (degree >= self.n_items).any():
-            raise DatasetError(
-                f"{int((degree >= self.n_items).sum())} users interacted with every item: no negative "
-                "exists for them. Remove them from the dataset."
-            )
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch_arrays: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        return -(-len(self.users) // self.batch_size)
-
-    def build_epoch(self, epoch: int) -> None:
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.users))
-        # negatives are drawn in the stored (user-sorted) row order and shuffled with the rows: the
-        # same distribution (one independent uniform non-positive per row), but the positive-pair
-        # lookups then walk the sorted keys in order instead of at random (~3x faster, ~17 ms of a
-        # Baby epoch)
-        negatives = sample_negatives(self.users, self.n_items, self.positive_keys, rng)
-        arrays = (self.users[order], self.items[order], negatives[order])
-        self.epoch_arrays = tuple(torch.from_numpy(a) for a in arrays)
-
-    def __getitem__(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.epoch_arrays is None:
-            self.build_epoch(0)
-        sl = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-        return tuple(a[sl] for a in self.epoch_arrays)
-
-
-class EpochSampler(Sampler[int]):
-    """Yields batch indices; Lightning calls :meth:`set_epoch` before every epoch."""
-
-    def __init__(self, triplets: BPRTriplets) -> None:
-        self.triplets = triplets
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.triplets)
-
-    def __iter__(self):
-        self.triplets.build_epoch(self.epoch)
-        return iter(range(len(self.triplets)))
-
-
-class _UserBatches(Dataset):
-    def __init__(self, users: np.ndarray, batch_size: int) -> None:
-        self.users = torch.from_numpy(np.asarray(users, dtype=np.int64))
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.users) // self.batch_size)
-
-    def __getitem__(self, batch: int) -> torch.Tensor:
-        return self.users[batch * self.batch_size : (batch + 1) * self.batch_size]
 
 
 # --------------------------------------------------------------------------- the module
@@ -381,7 +275,7 @@ class MLLMRecDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         _, truth = self.eval_target(split)
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
-        return DataLoader(_UserBatches(users, self.eval_batch_size), batch_size=None, shuffle=False)
+        return DataLoader(UserBatches(users, self.eval_batch_size), batch_size=None, shuffle=False)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and negatives the training loader serves next."""

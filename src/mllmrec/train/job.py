@@ -10,17 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import os
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
-from mllmrec.sweep.failures import ERROR_FILE, failure_record
-from mllmrec.sweep.tracking import finish_wandb
+from mllmrec.errors import MllmrecError, mark_reported
+from mllmrec.train.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
 
-__all__ = ["job_context", "job_overrides"]
+__all__ = ["ERROR_FILE", "failure_record", "job_context", "job_overrides"]
+
+#: the record a failed job leaves in its output dir (any launcher); ``report.py`` lists them
+ERROR_FILE = "error.json"
+
+
+def failure_record(error: BaseException, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The content of a job's ``error.json``: what failed, with the traceback text (which pickles
+    and serialises where the exception itself may not)."""
+    return {"overrides": list(overrides), "error_type": type(error).__name__, "message": str(error),
+            "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            "pid": os.getpid()}
 
 
 def job_overrides() -> list[str]:
@@ -50,7 +64,12 @@ def job_context(cfg: DictConfig) -> Iterator[None]:
         yield
     except Exception as err:
         failed = True
-        log.exception("job failed (%s): %s", " ".join(job_overrides()) or "no overrides", err)
+        where = " ".join(job_overrides()) or "no overrides"
+        if isinstance(err, MllmrecError):  # the user's to fix: one clean message, no traceback
+            log.error("job stopped (%s): %s", where, err)
+            mark_reported(err)
+        else:
+            log.exception("job failed (%s): %s", where, err)
         atomic_write_json(output_dir / ERROR_FILE, failure_record(err, job_overrides()))
         raise
     finally:
