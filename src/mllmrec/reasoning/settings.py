@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.reasoning.backends.base import Sampling
+from mllmrec.reasoning.outputs import check_history
 from mllmrec.reasoning.prompts import LIST_STYLES
 
 __all__ = ["ReasonConfigError", "MllmSpec", "DatasetSpec", "ReasonSettings", "BACKENDS"]
@@ -168,11 +169,10 @@ class ReasonSettings:
         backend = str(reason.get("backend") or mllm.backend)
         if backend not in BACKENDS:
             raise ReasonConfigError(f"reason.backend={backend!r} is not one of {BACKENDS}")
-        history = str(reason.get("history", "train"))
-        if history not in ("train", "all"):
-            raise ReasonConfigError(
-                f"reason.history must be 'train' (default) or 'all' (the authors' leaky variant), got {history!r}"
-            )
+        try:
+            history = check_history(str(reason.get("history", "train")))
+        except ValueError as exc:
+            raise ReasonConfigError(str(exc)) from None
         list_style = str(reason.get("list_style", "python"))
         if list_style not in LIST_STYLES:
             raise ReasonConfigError(f"reason.list_style={list_style!r} is not one of {LIST_STYLES}")
