@@ -5,8 +5,8 @@ Feature sources, by dataset format and ``mllm``:
 * ``format=mmrec``: the feature ``.npy`` files of the folder, used as they are.
 * ``format=processed``, ``mllm=none``: item description = item text; user "profile" = the user's
   chronological training-item descriptions joined (an honest non-LLM baseline).
-* ``format=processed``, ``mllm=<model>``: ``reasoning/<model>/item_descriptions.parquet`` and
-  ``user_profiles.parquet`` written by ``python reason.py``.
+* ``format=processed``, ``mllm=<model>``: the item descriptions and user profiles written by
+  ``python reason.py`` for ``reason.history``, read through :mod:`mllmrec.reasoning.outputs`.
 
 Texts are embedded with the configured sentence-transformer and cached by content hash.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -36,10 +35,9 @@ from mllmrec.data import (
 from mllmrec.data.demo import ensure_demo_dataset
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.graph import cached_refined_item_graph
+from mllmrec.reasoning.outputs import ITEM_TEXT_SOURCES, check_history, read_reasoning_outputs, require_outputs
 
 log = logging.getLogger(__name__)
-
-ITEM_TEXT_SOURCES = ("description", "text", "image_description")
 
 __all__ = ["MLLMRecDataModule", "BPRTriplets", "EpochSampler", "sample_negatives", "GraphConfig"]
 
@@ -75,31 +73,6 @@ def sample_negatives(
         negatives[todo] = rng.integers(n_items, size=len(todo))
         todo = todo[_contains(positive_keys, users[todo] * n_items + negatives[todo])]
     return negatives
-
-
-# --------------------------------------------------------------------------- reasoning outputs
-_EMPTY_PROFILE_FIXES = {
-    "skipped_limit": "reason.py ran with reason.limit_users: rerun it without the limit",
-    "failed": "rerun reason.py: it retries recorded failures (reason.retry_failed, on by default)",
-    "no_history": "these users have no training interaction in the chosen history",
-}
-
-
-def _warn_empty_profiles(path: Path, users: pd.DataFrame, profiles: list[str]) -> None:
-    """Say loudly when some users have no profile: they are encoded from an empty text, which
-    silently turns a partial reasoning run (e.g. a ``reason.limit_users`` smoke test) into a poor
-    user tower."""
-    empty = np.array([not p.strip() for p in profiles], dtype=bool)
-    if not empty.any():
-        return
-    statuses = users["status"].to_numpy()[empty] if "status" in users.columns else np.array(["empty"] * empty.sum())
-    counts = pd.Series(statuses).value_counts()
-    detail = "; ".join(
-        f"{n} {status}" + (f" ({_EMPTY_PROFILE_FIXES[status]})" if status in _EMPTY_PROFILE_FIXES else "")
-        for status, n in counts.items()
-    )
-    log.warning("%s: %d of %d users have an empty profile and are encoded from empty text: %s",
-                path, int(empty.sum()), len(profiles), detail)
 
 
 # --------------------------------------------------------------------------- batches
@@ -203,7 +176,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         eval_batch_size: int = 4096,
         seed: int = 999,
         item_text_source: str = "description",
-        profile_history: str = "train",
+        history: str = "train",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
     ) -> None:
@@ -224,7 +197,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.item_text_source = item_text_source
-        self.profile_history = profile_history
+        self.history = check_history(history)  # reason.history: which reasoning outputs to read
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
         self.data: InteractionData | None = None
@@ -276,22 +249,6 @@ class MLLMRecDataModule(L.LightningDataModule):
             )
         self._reasoning_files()  # raises with the reason.py command when missing
 
-    def _reasoning_files(self) -> tuple[Path, Path] | None:
-        name = self.mllm_cfg.get("name", "none")
-        if name == "none":
-            return None
-        folder = self.layout.reasoning(name, self.profile_history)
-        items, users = folder / "item_descriptions.parquet", folder / "user_profiles.parquet"
-        missing = [p for p in (items, users) if not p.is_file()]
-        if missing:
-            history = "" if self.profile_history == "train" else f" reason.history={self.profile_history}"
-            raise DatasetError(
-                f"mllm={name}: {', '.join(str(p) for p in missing)} missing. Produce them with "
-                f"`python reason.py dataset={self.dataset_cfg['name']} mllm={name}{history}` "
-                "(or train with mllm=none)."
-            )
-        return items, users
-
     def _load_data(self) -> InteractionData:
         cfg = self.dataset_cfg
         if cfg.get("format") == "mmrec":
@@ -306,35 +263,28 @@ class MLLMRecDataModule(L.LightningDataModule):
             )
         return load_processed_dataset(cfg["root"], name=cfg["name"])
 
+    # ---- reasoning outputs: read through mllmrec.reasoning.outputs (the reason -> train contract)
+    def _reasoning_files(self) -> Path | None:
+        """The output folder of ``mllm`` for ``reason.history`` (None for mllm=none), after checking
+        its tables exist (else the error names the ``reason.py`` command)."""
+        name = self.mllm_cfg.get("name", "none")
+        if name == "none":
+            return None
+        return require_outputs(self.layout, self.dataset_cfg["name"], name, self.history)
+
     def item_and_user_texts(self, data: InteractionData) -> tuple[list[str], list[str]]:
         """Item descriptions [I] and user profiles [U] for the processed format."""
-        files = self._reasoning_files()
-        if files is None:
+        if self.mllm_cfg.get("name", "none") == "none":
             items = read_items(self.layout.root, data.n_items)
             item_texts = items["text"].fillna("").astype(str).tolist()
             user_texts = [
                 history_text([item_texts[i] for i in data.history(u)]) for u in range(data.n_users)
             ]
             return item_texts, user_texts
-        items_path, users_path = files
-        items = pd.read_parquet(items_path)
-        users = pd.read_parquet(users_path)
-        column = self.item_text_source
-        for frame, path, col, n in ((items, items_path, column, data.n_items),
-                                    (users, users_path, "profile", data.n_users)):
-            if col not in frame.columns:
-                raise DatasetError(f"{path}: column {col!r} missing; rerun reason.py to rebuild it.")
-            id_col = "item_id" if col != "profile" else "user_id"
-            if len(frame) != n or not np.array_equal(np.sort(frame[id_col].to_numpy()), np.arange(n)):
-                raise DatasetError(
-                    f"{path}: expected one row per id 0..{n - 1}, found {len(frame)} rows. It was made "
-                    "for another version of the dataset: rerun reason.py."
-                )
-        item_texts = items.sort_values("item_id")[column].fillna("").astype(str).tolist()
-        users = users.sort_values("user_id")
-        user_texts = users["profile"].fillna("").astype(str).tolist()
-        _warn_empty_profiles(users_path, users, user_texts)
-        return item_texts, user_texts
+        texts = read_reasoning_outputs(self.layout, self.dataset_cfg["name"], self.mllm_cfg["name"],
+                                       self.history, data.n_items, data.n_users, self.item_text_source)
+        return texts.item_texts, texts.user_profiles
+    # ---- end of reasoning outputs
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
