@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from filelock import FileLock
 
 T = TypeVar("T")
@@ -40,6 +40,9 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
     """Feed ``obj`` into ``h`` unambiguously (type tag + length prefixes)."""
     if isinstance(obj, np.generic):  # numpy scalar: key on the Python value (repr differs by version)
         obj = obj.item()
+    # torch only when already imported: no tensor exists without it, and the modules that only need
+    # atomic writes (data layout, reasoning outputs, the sweep's resume check) stay torch-free
+    torch = sys.modules.get("torch")
     if obj is None:
         h.update(b"N")
     elif isinstance(obj, bool):
@@ -52,7 +55,7 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         data = bytes(obj)
         h.update(b"Y" + len(data).to_bytes(8, "little") + data)
-    elif isinstance(obj, torch.Tensor):
+    elif torch is not None and isinstance(obj, torch.Tensor):
         if obj.is_sparse or obj.layout != torch.strided:
             obj = obj.coalesce() if obj.is_sparse else obj.to_sparse_coo().coalesce()
             _feed(h, ("torch.sparse", obj.indices(), obj.values(), tuple(obj.shape)))

@@ -19,20 +19,11 @@ import pandas as pd
 
 from mllmrec.data.errors import DatasetError
 from mllmrec.reasoning.backends.base import ImagePart
+from mllmrec.reasoning.outputs import IMAGE_STATUSES, NO_IMAGE, SKIPPED_LIMIT, TEXT_ONLY_MODEL, UNREADABLE
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ItemImage", "ImageScan", "IMAGE_STATUSES", "scan_images", "read_image"]
-
-#: statuses of an item's image description (the ``status`` column of image_descriptions.parquet)
-IMAGE_STATUSES = {
-    "ok": "described by the MLLM",
-    "failed": "the MLLM failed or returned nothing twice (the error is in manifest.json)",
-    "unreadable": "the image file is missing or cannot be decoded",
-    "no_image": "the item has no image",
-    "skipped_limit": "beyond reason.limit_items",
-    "text_only_model": "the MLLM has no vision input",
-}
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
          "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -71,13 +62,13 @@ def _check_image(item_id: int, path: Path) -> ItemImage:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return ItemImage(item_id, "unreadable", path, error=f"cannot read {path}: {exc.strerror or exc}")
+        return ItemImage(item_id, UNREADABLE, path, error=f"cannot read {path}: {exc.strerror or exc}")
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
             img.load()  # a full decode: truncated files pass Image.open but fail here
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        return ItemImage(item_id, "unreadable", path, error=f"cannot decode {path}: {exc}")
+        return ItemImage(item_id, UNREADABLE, path, error=f"cannot decode {path}: {exc}")
     mime = _MIME.get(fmt.upper(), "image/png")
     return ItemImage(item_id, "pending", path, hashlib.sha256(data).hexdigest(), mime)
 
@@ -99,10 +90,10 @@ def scan_images(
     has_path = paths.notna() & (paths.astype(str).str.strip() != "")
     if not vision:
         reason = "the MLLM is text-only (mllm.vision=false): items keep their text, no image is described"
-        return ImageScan(tuple(ItemImage(int(i), "text_only_model") for i in ids), reason)
+        return ImageScan(tuple(ItemImage(int(i), TEXT_ONLY_MODEL) for i in ids), reason)
     if not has_path.any():
         reason = "no item of this dataset has an image path: the image step is skipped"
-        return ImageScan(tuple(ItemImage(int(i), "no_image") for i in ids), reason)
+        return ImageScan(tuple(ItemImage(int(i), NO_IMAGE) for i in ids), reason)
 
     folders = sorted({(root / str(p)).parent for p in paths[has_path]})
     missing = [f for f in folders if not f.is_dir()]
@@ -117,9 +108,9 @@ def scan_images(
     for pos, (item_id, path, present) in enumerate(zip(ids, paths, has_path)):
         item_id = int(item_id)
         if not present:
-            out[item_id] = ItemImage(item_id, "no_image")
+            out[item_id] = ItemImage(item_id, NO_IMAGE)
         elif limit_items is not None and pos >= limit_items:
-            out[item_id] = ItemImage(item_id, "skipped_limit")
+            out[item_id] = ItemImage(item_id, SKIPPED_LIMIT)
         else:
             chosen.append((item_id, root / str(path)))
     # decoding releases the GIL: a few threads make the scan of a large catalogue I/O bound
@@ -127,7 +118,7 @@ def scan_images(
         for image in pool.map(lambda a: _check_image(*a), chosen):
             out[image.item_id] = image
     images = tuple(out[int(i)] for i in ids)
-    bad = [im for im in images if im.status == "unreadable"]
+    bad = [im for im in images if im.status == UNREADABLE]
     if bad:
         shown = "; ".join(f"item {im.item_id}: {im.error}" for im in bad[:5])
         log.warning("%d item images are unreadable and keep their text only (%s%s)", len(bad), shown,
