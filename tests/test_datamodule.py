@@ -135,12 +135,12 @@ def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):
     import mllmrec.train.datamodule as dmod
 
     seen = {}
-    real = dmod.cached_refined_item_graph
+    real = dmod.build_refined_item_graph
 
     def spy(features, interactions, *args):
         seen["interactions"] = interactions
         return real(features, interactions, *args)
 
-    monkeypatch.setattr(dmod, "cached_refined_item_graph", spy)
+    monkeypatch.setattr(dmod, "build_refined_item_graph", spy)
     dm = _datamodule(train_cfg())
     assert (seen["interactions"] != dm.data.train).nnz == 0

@@ -75,6 +75,27 @@ def test_two_epoch_run_writes_metrics_json(train_cfg, tmp_path):
     assert objs["model"].n_propagations == 1
 
 
+def test_a_cached_runs_fit_start_does_no_knn_search(train_cfg, tmp_path, monkeypatch):
+    """Issue 16: the graph statistics come out of the graph build (and its cache), so a second run on
+    the same inputs, GraphStatistics callback included, never searches neighbours again."""
+    import mllmrec.graph.knn as knn
+
+    overrides = ("trainer.max_epochs=1", "dataset.max_epochs=1", "callbacks.user_tsne=null", "skip_finished=false")
+    train(train_cfg(*overrides))
+    stats_file = tmp_path / "run" / "plots" / "graph_statistics.json"
+    first = json.loads(stats_file.read_text())
+    stats_file.unlink()
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a kNN search ran in a run whose graph is cached")
+
+    monkeypatch.setattr(knn, "semantic_knn", no_search)
+    monkeypatch.setattr(knn, "cooccurrence_knn", no_search)
+    train(train_cfg(*overrides))
+    assert json.loads(stats_file.read_text()) == first  # written again, from the cached statistics
+    assert first["knn_edges"] > 0 and first["final_edges"] > 0
+
+
 def test_fast_dev_run(train_cfg):
     summary, objs = train(train_cfg("+trainer.fast_dev_run=true"))
     assert set(summary["test"]) == METRICS

@@ -109,6 +109,7 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
 
     import mllmrec.encoding as encoding
     import mllmrec.graph as graph
+    import mllmrec.graph.knn as graph_knn
     from mllmrec.cache import stable_hash
 
     def fake_encode(texts, spec, desc="encoding"):  # no model download/load in a test child
@@ -118,7 +119,7 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
         rng = np.random.default_rng(len(texts))
         return rng.standard_normal((len(texts), 16)).astype(np.float32)
 
-    real_graph = graph.refined_item_graph
+    real_graph = graph_knn.semantic_knn  # the search every graph build starts with
 
     def counted_graph(*args, **kwargs):
         with open(counter, "a", encoding="utf-8") as f:
@@ -127,7 +128,7 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
         return real_graph(*args, **kwargs)
 
     encoding.encode_texts = fake_encode
-    graph.refined_item_graph = counted_graph
+    graph_knn.semantic_knn = counted_graph
     texts = [f"item {i} description" for i in range(20)]
     interactions = sp.random(30, 20, density=0.3, format="csr", random_state=0)
     barrier.wait(timeout=120)

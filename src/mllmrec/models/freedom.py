@@ -35,14 +35,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from mllmrec.graph import normalize_adjacency, semantic_graph
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate, semantic_graph
 from mllmrec.models.base import Recommender, bpr_loss, require_at_least
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["FREEDOM", "degree_sensitive_pruning", "edge_keep_count"]
 
@@ -161,7 +156,7 @@ class FREEDOM(Recommender):
         users, items = bipartite_edges(train_interactions)
         self.register_buffer("edge_users", users, persistent=False)
         self.register_buffer("edge_items", items, persistent=False)
-        self.full_graph = SparseOperator(normalized_bipartite_adjacency(users, items, n_users, n_items))
+        self.full_graph = SparseOperator(normalize_adjacency(bipartite_adjacency(users, items, n_users, n_items)))
         self.pruned_graph: SparseOperator | None = None  # drawn before every training epoch
 
         self.user_embedding = nn.Embedding(n_users, d)
@@ -183,7 +178,7 @@ class FREEDOM(Recommender):
         keep = degree_sensitive_pruning(
             users, items, self.n_users, self.n_items, self.dropout, _epoch_generator(self.seed, epoch)
         )
-        adjacency = normalized_bipartite_adjacency(users[keep], items[keep], self.n_users, self.n_items)
+        adjacency = normalize_adjacency(bipartite_adjacency(users[keep], items[keep], self.n_users, self.n_items))
         return SparseOperator(adjacency).to(self.edge_users.device)
 
     def on_train_epoch_start(self) -> None:
@@ -197,7 +192,7 @@ class FREEDOM(Recommender):
         for _ in range(self.mm_layers):
             h = self.item_item(h)
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = sparse_propagate(graph, ego, self.ui_layers, reduce="mean")
+        out = propagate(graph, ego, self.ui_layers, reduce="mean")
         return out[: self.n_users], out[self.n_users :] + h
 
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:

@@ -13,14 +13,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import Recommender, bpr_loss, require_at_least
 from mllmrec.models.bpr import embedding_l2
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["LightGCN"]
 
@@ -33,8 +29,8 @@ class LightGCN(Recommender):
         E = \frac{1}{L+1} \sum_{l=0}^{L} E^{(l)}, \qquad y_{ui} = e_u \cdot e_i
 
     with ``Â`` the normalised bipartite adjacency of the training interactions
-    (:func:`~mllmrec.models.ui_graph.normalized_bipartite_adjacency`). The propagation is recomputed in
-    every training batch (the embeddings change) and once per evaluation pass.
+    (:func:`~mllmrec.graph.normalize_adjacency` of :func:`~mllmrec.models.ui_graph.bipartite_adjacency`).
+    The propagation is recomputed in every training batch (the embeddings change) and once per evaluation pass.
 
     Args:
         train_interactions: training split ``R`` (scipy sparse ``[U, I]``).
@@ -65,7 +61,7 @@ class LightGCN(Recommender):
         self.n_users, self.n_items, self.layers = n_users, n_items, layers
         self.reg_weight = float(reg_weight)
         users, items = bipartite_edges(train_interactions)
-        self.adjacency = SparseOperator(normalized_bipartite_adjacency(users, items, n_users, n_items))
+        self.adjacency = SparseOperator(normalize_adjacency(bipartite_adjacency(users, items, n_users, n_items)))
         self.user_embedding = nn.Embedding(n_users, d)
         self.item_embedding = nn.Embedding(n_items, d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -76,7 +72,7 @@ class LightGCN(Recommender):
     def propagated(self) -> tuple[Tensor, Tensor]:
         """Final user [U, d] and item [I, d] representations."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = sparse_propagate(self.adjacency, ego, self.layers, reduce="mean")
+        out = propagate(self.adjacency, ego, self.layers, reduce="mean")
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:

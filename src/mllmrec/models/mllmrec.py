@@ -13,14 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mllmrec.graph import normalize_adjacency, propagate
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import Recommender, bpr_loss, require_at_least
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["MLLMRec", "mlp_tower"]
 
@@ -128,7 +123,9 @@ class MLLMRec(Recommender):
                                  f"{user_features.shape[0]}")
             self.n_users = n_graph_users
             users, items = bipartite_edges(train_interactions)
-            self.ui_graph = SparseOperator(normalized_bipartite_adjacency(users, items, n_graph_users, n_items))
+            self.ui_graph = SparseOperator(
+                normalize_adjacency(bipartite_adjacency(users, items, n_graph_users, n_items))
+            )
         self._eval_users: Tensor | None = None
         self._eval_items: Tensor | None = None
 
@@ -182,7 +179,7 @@ class MLLMRec(Recommender):
         assert self.ui_graph is not None
         h_u = self.user_tower(self.all_user_inputs())
         h_i = self.item_repr()
-        z = sparse_propagate(self.ui_graph, F.normalize(torch.cat([h_u, h_i])), self.ui_layers, reduce="sum")
+        z = propagate(self.ui_graph, F.normalize(torch.cat([h_u, h_i])), self.ui_layers, reduce="sum")
         return h_u + z[: h_u.shape[0]], h_i + z[h_u.shape[0] :]
 
     # ------------------------------------------------------------------ Recommender

@@ -36,7 +36,7 @@ from mllmrec.data import (
 from mllmrec.data.demo import ensure_demo_dataset
 from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
 from mllmrec.encoding import EncoderSpec, cached_encode
-from mllmrec.graph import cached_refined_item_graph
+from mllmrec.graph import GraphBuildStatistics, build_refined_item_graph
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ class MLLMRecDataModule(L.LightningDataModule):
 
     After :meth:`setup`: ``data`` (:class:`InteractionData`), ``item_features`` [I, d_t] and
     ``user_features`` [U, d_t] (float32 tensors; ``user_features`` is None when the dataset has none),
-    ``item_graph`` (sparse [I, I], the refined graph of Eq. 10, built from the training split).
+    ``item_graph`` (sparse [I, I], the refined graph of Eq. 10, built from the training split) and
+    ``graph_statistics`` (:class:`~mllmrec.graph.GraphBuildStatistics` of that build, read from the
+    graph cache on a hit: describing the graph never rebuilds it).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.item_features: torch.Tensor | None = None
         self.user_features: torch.Tensor | None = None
         self.item_graph: torch.Tensor | None = None
+        self.graph_statistics: GraphBuildStatistics | None = None
 
     # ----------------------------------------------------------------- loading
     @property
@@ -256,9 +259,8 @@ class MLLMRecDataModule(L.LightningDataModule):
             self.layout.cache / "graphs" if self.dataset_cfg.get("format") != "mmrec"
             else Path(self.dataset_cfg["root"]) / ".mllmrec_cache" / "graphs"
         )
-        self.item_graph = cached_refined_item_graph(
-            self.item_features, data.train, g.ks, g.alpha, g.kc, graph_cache
-        )
+        built = build_refined_item_graph(self.item_features, data.train, g.ks, g.alpha, g.kc, graph_cache)
+        self.item_graph, self.graph_statistics = built.graph, built.statistics
         self.triplets = BPRTriplets(data.train, self.batch_size, self.seed)
         self.train_sampler = EpochSampler(self.triplets)
 
