@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hydra
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +10,11 @@ from hydra.errors import InstantiationException
 from mllmrec.data import DatasetError, DatasetLayout
 from mllmrec.data.demo import ensure_demo_dataset
 from mllmrec.encoding import EncoderSpec, encode_texts
+from mllmrec.train.task import build_datamodule
 
 
 def _datamodule(cfg):
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
     return dm
 
@@ -38,7 +38,7 @@ def _write_reasoning(root, n_items, n_users, name="fakellm", drop_user=False, hi
 
 def test_mllm_none_profiles_are_chronological_training_descriptions(train_cfg):
     cfg = train_cfg()
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = build_datamodule(cfg)
     ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
     from mllmrec.data import load_processed_dataset, read_items
 
@@ -80,7 +80,7 @@ def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog
     users["status"] = status
     users.loc[[0, 1, 2, 5], "profile"] = ""
     users.to_parquet(DatasetLayout(cfg.dataset.root).reasoning("fakellm3") / "user_profiles.parquet")
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = build_datamodule(cfg)
     from mllmrec.data import load_processed_dataset
 
     with caplog.at_level("WARNING", logger="mllmrec.reasoning.outputs"):

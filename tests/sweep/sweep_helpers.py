@@ -38,11 +38,13 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> sub
 def encode_demo(data_dir: Path) -> Path:
     """Generate + encode the small demo into ``data_dir`` (a no-op when its caches exist)."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
+    from mllmrec.train.task import build_datamodule
 
     try:
         cfg = compose_config("train", [f"paths.data_dir={data_dir}", *SMALL_DEMO], data_dir / "encode-run")
-        instantiate(cfg.data).setup("fit")
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        datamodule.user_features, datamodule.item_graph  # encode both and build the graph into the caches
     finally:
         GlobalHydra.instance().clear()
     return data_dir

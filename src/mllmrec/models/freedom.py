@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate, semantic_graph
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["FREEDOM", "degree_sensitive_pruning", "edge_keep_count"]
@@ -129,11 +129,10 @@ class FREEDOM(Recommender):
         reg_weight: float = 1e-4,
         refine_graph: bool = False,
         seed: int = 999,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("model.mm_layers", mm_layers, 0)
         require_at_least("model.ui_layers", ui_layers, 0)
@@ -144,7 +143,7 @@ class FREEDOM(Recommender):
                 f"train_interactions {train_interactions.shape} and item_features "
                 f"{tuple(item_features.shape)} do not match n_users={n_users}, n_items={n_items}"
             )
-        self.save_hyperparameters(ignore=["item_features", "item_graph", "train_interactions"])
+        self.save_hyperparameters(ignore=["item_features", "item_graph", "train_interactions", "optimizer"])
         self.n_users, self.n_items = n_users, n_items
         self.mm_layers, self.ui_layers = mm_layers, ui_layers
         self.dropout, self.reg_weight, self.seed = float(dropout), float(reg_weight), int(seed)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
 from mllmrec.models.bpr import embedding_l2
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
@@ -47,17 +47,16 @@ class LightGCN(Recommender):
         d: int = 64,
         layers: int = 3,
         reg_weight: float = 1e-4,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("model.layers", layers, 0)
         if tuple(train_interactions.shape) != (n_users, n_items):
             raise ValueError(f"train_interactions has shape {train_interactions.shape}, expected "
                              f"({n_users}, {n_items})")
-        self.save_hyperparameters(ignore=["train_interactions"])
+        self.save_hyperparameters(ignore=["train_interactions", "optimizer"])
         self.n_users, self.n_items, self.layers = n_users, n_items, layers
         self.reg_weight = float(reg_weight)
         users, items = bipartite_edges(train_interactions)

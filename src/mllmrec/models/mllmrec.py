@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["MLLMRec", "mlp_tower"]
@@ -78,18 +78,17 @@ class MLLMRec(Recommender):
         hidden_dim: int | None = None,
         layers: int = 1,
         negative_slope: float = 0.01,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
         train_interactions: sp.spmatrix | None = None,
         ui_layers: int = 0,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("graph.layers", layers, 0)
         require_at_least("model.ui_layers", ui_layers, 0)
         hidden_dim = hidden_dim or 4 * d
-        self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph", "train_interactions"])
+        self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph", "train_interactions", "optimizer"])
         n_items, feat_dim = item_features.shape
         self.n_items, self.layers = n_items, layers
         self.register_buffer("item_features", item_features.float(), persistent=False)

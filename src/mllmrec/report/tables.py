@@ -106,7 +106,7 @@ def load_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def config_keys(jobs: pd.DataFrame) -> list[str]:
     """The config keys that tell the jobs' configurations apart (varying ones, seed excluded), plus
     dataset / mllm / variant, which the tables always show. The tables' own keys come first, so that
-    an interpolated copy (``data.graph.alpha``, ``dataset.tuned.alpha`` behind ``graph.alpha``) is the
+    an interpolated copy (``dataset.tuned.alpha`` behind ``graph.alpha``) is the
     one dropped."""
     metric_cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | {"job_dir", "overrides", "best_epoch"}
     canonical = [k for k in (DATASET, MLLM, VARIANT, ALPHA, KC, D) if k in jobs]

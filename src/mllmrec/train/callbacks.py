@@ -77,9 +77,9 @@ class GraphStatistics(Callback):
         from mllmrec.cache import atomic_write_json
 
         dm = trainer.datamodule
-        if not trainer.is_global_zero or any(
-            getattr(dm, name, None) is None for name in ("graph_statistics", "item_graph")
-        ):
+        # graph_statistics is set only when this run built (or read) the graph: a model that does not
+        # read the graph never makes the datamodule build it, and neither does this callback
+        if not trainer.is_global_zero or getattr(dm, "graph_statistics", None) is None:
             log.info("graph statistics skipped: the datamodule has no refined item graph")
             return
         built = dm.graph_statistics
