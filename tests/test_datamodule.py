@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hydra.errors import InstantiationException
 
 from mllmrec.data import DatasetError, DatasetLayout
 from mllmrec.data.demo import ensure_demo_dataset
 from mllmrec.encoding import EncoderSpec, encode_texts
+from mllmrec.errors import MllmrecError
 from mllmrec.train.task import build_datamodule
 
 
 def _datamodule(cfg):
+    """A datamodule with every model input built (what MLLMRec asks for)."""
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    dm.item_features, dm.user_features, dm.item_graph
     return dm
 
 
@@ -113,7 +115,7 @@ def test_reason_history_picks_the_outputs_reason_py_wrote_with_the_same_key(trai
     from mllmrec.data import load_processed_dataset
 
     data = load_processed_dataset(cfg.dataset.root)
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = build_datamodule(cfg)
     with pytest.raises(DatasetError, match=r"python reason.py dataset=demo mllm=fakellm4 reason.history=all`"):
         dm.item_and_user_texts(data)
     _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm4")
@@ -125,10 +127,10 @@ def test_reason_history_picks_the_outputs_reason_py_wrote_with_the_same_key(trai
     leaky.to_parquet(DatasetLayout(cfg.dataset.root).reasoning("fakellm4", "all") / "user_profiles.parquet")
     _, users = dm.item_and_user_texts(data)
     assert users == leaky["profile"].tolist()
-    _, users = hydra.utils.instantiate(train_cfg("mllm.name=fakellm4").data).item_and_user_texts(data)
+    _, users = build_datamodule(train_cfg("mllm.name=fakellm4")).item_and_user_texts(data)
     assert users[0] == "likes thing 0"  # the default history reads the other folder
-    with pytest.raises(InstantiationException, match="reason.history must be 'train'"):
-        hydra.utils.instantiate(train_cfg("mllm.name=fakellm4", "reason.history=valid").data)
+    with pytest.raises(MllmrecError, match="reason.history must be 'train'"):
+        build_datamodule(train_cfg("mllm.name=fakellm4", "reason.history=valid"))
 
 
 def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):

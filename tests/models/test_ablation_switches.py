@@ -69,7 +69,7 @@ def test_graph_ablations_change_only_their_part_of_the_graph(train_cfg):
     tuned = "dataset.tuned.alpha=0.7"
     full_dm, full_model = build(train_cfg("experiment=ablation_full", tuned))
     features, train = full_dm.item_features, full_dm.data.train
-    g = full_dm.graph_cfg
+    g = full_dm.graph_spec
     assert g.alpha == 0.7
     n_items = full_dm.data.n_items
     semantic = semantic_graph(features, g.ks, g.alpha)
@@ -137,8 +137,9 @@ def test_text_ablations_without_mllm(train_cfg):
 def test_text_ablations_pick_the_description_parts(train_cfg, tmp_path):
     """With MLLM outputs: full = text + image description, w/o V = text, w/o T = image description."""
     overrides = [f"paths.data_dir={tmp_path / 'data'}", "mllm.name=fake-mllm"]
-    full_dm = hydra.utils.instantiate(train_cfg("experiment=ablation_full", *overrides).data)
-    data = full_dm._load_data()  # generates the demo into the fresh data dir
+    full_dm = build_datamodule(train_cfg("experiment=ablation_full", *overrides))
+    full_dm.setup("fit")  # generates the demo into the fresh data dir
+    data = full_dm.data
     folder = full_dm.layout.reasoning("fake-mllm")
     folder.mkdir(parents=True)
     ids = range(data.n_items)
@@ -152,7 +153,7 @@ def test_text_ablations_pick_the_description_parts(train_cfg, tmp_path):
                  ).to_parquet(folder / "user_profiles.parquet")
     expected = {"ablation_full": "text 3 image 3", "ablation_wo_v": "text 3", "ablation_wo_t": "image 3"}
     for experiment, text in expected.items():
-        dm = hydra.utils.instantiate(train_cfg(f"experiment={experiment}", *overrides).data)
+        dm = build_datamodule(train_cfg(f"experiment={experiment}", *overrides))
         dm.check_inputs()
         items, users = dm.item_and_user_texts(data)
         assert items[3] == text

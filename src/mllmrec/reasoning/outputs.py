@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mllmrec.errors import ConfigError
 from mllmrec.cache import atomic_path, atomic_write_json
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.processed import DatasetLayout
@@ -124,9 +125,9 @@ EMPTY_PROFILE_FIXES = {
 
 
 def check_history(history: str) -> str:
-    """``history`` when it is one of :data:`HISTORIES`, else a ValueError naming ``reason.history``."""
+    """``history`` when it is one of :data:`HISTORIES`, else a :class:`ConfigError` naming ``reason.history``."""
     if history not in HISTORIES:
-        raise ValueError(
+        raise ConfigError(
             f"reason.history must be 'train' (default) or 'all' (the authors' leaky variant), got {history!r}"
         )
     return history

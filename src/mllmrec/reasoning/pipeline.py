@@ -30,7 +30,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from mllmrec.cache import file_lock, stable_hash
-from mllmrec.data import DatasetError, DatasetLayout, load_processed_dataset, read_items
+from mllmrec.data import DatasetError, DatasetLayout, read_items
+from mllmrec.data.open import open_dataset
 from mllmrec.data.interactions import InteractionData
 from mllmrec.data.text import clean_text
 from mllmrec.reasoning.backends import Backend, Generation, Message, Request, make_backend
@@ -124,18 +125,6 @@ class Reasoner:
         self.store = GenerationStore(outputs_dir(self.layout, settings.output_name, "train") / "generations")
 
     # -- inputs ---------------------------------------------------------------------------------
-    def _prepare_dataset(self) -> None:
-        spec = self.s.dataset
-        if spec.generate == "demo":
-            from mllmrec.data.demo import ensure_demo_dataset
-
-            g = spec.generator
-            ensure_demo_dataset(spec.root, n_users=int(g.get("n_users", 600)),
-                                n_items=int(g.get("n_items", 300)), seed=int(g.get("generator_seed", 0)),
-                                split_seed=int(g.get("split_seed", 999)))
-        elif spec.generate:
-            raise DatasetError(f"dataset.generate={spec.generate!r} is unknown (only 'demo' exists)")
-
     @property
     def backend(self) -> Backend:
         if self._backend is None:
@@ -292,8 +281,7 @@ class Reasoner:
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> ReasonResult:
         s = self.s
-        self._prepare_dataset()
-        data = load_processed_dataset(s.dataset.root, name=s.dataset.name)
+        data = open_dataset(s.dataset.config)  # generates the demo on first use
         items = read_items(s.dataset.root, data.n_items)
         scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers)
         if scan.skipped_reason:

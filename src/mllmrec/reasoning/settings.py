@@ -115,7 +115,7 @@ class DatasetSpec:
     root: Path
     format: str
     generate: str | None
-    generator: dict[str, Any]
+    config: dict[str, Any]  # the whole dataset node, for mllmrec.data.open_dataset
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "DatasetSpec":
@@ -129,9 +129,8 @@ class DatasetSpec:
         display = str(raw.get("display_name") or "").strip()
         if not display:
             raise ReasonConfigError(f"dataset.display_name is empty for {name!r}: Prompt 1 names the category")
-        generator = {k: raw[k] for k in ("n_users", "n_items", "generator_seed", "split_seed") if k in raw}
-        return cls(name, display, Path(os.path.expanduser(str(raw["root"]))), fmt,
-                   raw.get("generate"), generator)
+        root = Path(os.path.expanduser(str(raw["root"])))
+        return cls(name, display, root, fmt, raw.get("generate"), {**dict(raw), "root": str(root)})
 
 
 class _Node:

@@ -59,10 +59,12 @@ def _annotation_check(hint: Any, value: Any) -> str | None:
     simple = [a for a in args if a in (int, float, bool, str)]
     if not simple or len(simple) + (type(None) in args) != len(args):
         return None
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    expected = " or ".join(names[a] for a in simple) + (" or null" if type(None) in args else "")
     if value is None:
-        return None if type(None) in args else " | ".join(a.__name__ for a in simple)
+        return None if type(None) in args else expected
     fits = {int: _is_int(value), float: _is_number(value), bool: isinstance(value, bool), str: isinstance(value, str)}
-    return None if any(fits[a] for a in simple) else " | ".join(a.__name__ for a in simple)
+    return None if any(fits[a] for a in simple) else expected
 
 
 def _check_arguments(node: DictConfig, key: str, target: Any, skip: Iterable[str] = ()) -> None:
