@@ -139,9 +139,9 @@ def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):
     seen = {}
     real = dmod.build_refined_item_graph
 
-    def spy(features, interactions, *args):
+    def spy(features, interactions, *args, **kwargs):
         seen["interactions"] = interactions
-        return real(features, interactions, *args)
+        return real(features, interactions, *args, **kwargs)
 
     monkeypatch.setattr(dmod, "build_refined_item_graph", spy)
     dm = _datamodule(train_cfg())

@@ -203,7 +203,8 @@ class MLLMRecDataModule(L.LightningDataModule):
             data = self._require_setup()
             spec = self.graph_spec
             built = build_refined_item_graph(
-                self.item_features, data.train, spec.ks, spec.alpha, spec.kc, self.cache_dir / "graphs"
+                self.item_features, data.train, spec.ks, spec.alpha, spec.kc, self.cache_dir / "graphs",
+                knn_method=spec.knn, ann_params=spec.ann,
             )
             self._item_graph, self.graph_statistics = built.graph, built.statistics
         return self._item_graph
