@@ -34,7 +34,21 @@ from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MLLMRecDataModule", "ITEM_TEXT_SOURCES"]
+__all__ = ["MLLMRecDataModule", "ITEM_TEXT_SOURCES", "EVAL_SCORE_BYTES", "eval_users_per_batch"]
+
+#: Bound on one evaluation batch's float32 score matrix [users, items]: the model's scores, masked in
+#: place, then one top-K. 4096 users x 1M items would be 16 GB; this caps the batch at 512 MiB (131
+#: users at 1M items). Below ~32k items the configured eval_batch_size (4096) is never reduced.
+EVAL_SCORE_BYTES = 512 * 2**20
+
+
+def eval_users_per_batch(eval_batch_size: int, n_items: int) -> int:
+    """Users per evaluation batch: ``eval_batch_size``, reduced so that ``users * I * 4`` bytes stay
+    within :data:`EVAL_SCORE_BYTES` (at least one user).
+
+    Per-user metrics do not depend on which users share a batch, so this changes memory, not results.
+    """
+    return max(1, min(eval_batch_size, EVAL_SCORE_BYTES // (4 * max(n_items, 1))))
 
 
 # --------------------------------------------------------------------------- the module
@@ -222,7 +236,12 @@ class MLLMRecDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         _, truth = self.eval_target(split)
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
-        return DataLoader(UserBatches(users, self.eval_batch_size), batch_size=None, shuffle=False)
+        batch_size = eval_users_per_batch(self.eval_batch_size, truth.shape[1])
+        if batch_size < self.eval_batch_size:
+            log.info("evaluating %d users per batch instead of data.eval_batch_size=%d: a batch's scores "
+                     "over %d items stay under %d MiB", batch_size, self.eval_batch_size, truth.shape[1],
+                     EVAL_SCORE_BYTES // 2**20)
+        return DataLoader(UserBatches(users, batch_size), batch_size=None, shuffle=False)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and negatives the training loader serves next."""
