@@ -187,6 +187,8 @@ def train_and_validate(features, interactions: sp.csr_matrix, graph, threads_not
         optimizer.step()
     epoch_seconds, epoch_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     rss_after_epoch = peak_rss_gb()
+    print(f"epoch done: {epoch_seconds:.1f} s wall, {epoch_cpu:.1f} s CPU, {len(triplets)} batches, "
+          f"peak RSS {rss_after_epoch:.2f} GB", file=sys.stderr, flush=True)
 
     eval_users = np.sort(rng.choice(users, size=min(users, 8_192), replace=False))
     per_batch = eval_users_per_batch(4096, items)
@@ -267,6 +269,8 @@ def run_one(key: str, method: str, threads: int | None, cols_out: str | None, tr
         "load_average_build": load_after_build,
         "torch_threads": torch.get_num_threads(),
     }
+    # progress on stderr: a long run that is stopped later still leaves the build's numbers behind
+    print(f"build done: {json.dumps(result)}", file=sys.stderr, flush=True)
     if train:
         del clock
         result.update(train_and_validate(features, interactions, built.graph, torch.get_num_threads(), rng))
@@ -373,10 +377,10 @@ def main() -> None:
                 child = subprocess.run(
                     [sys.executable, __file__, "--one", key, "--method", method, "--cols-out", str(columns[method]),
                      *(["--threads", str(args.threads)] if args.threads else []), *(["--train"] if args.train else [])],
-                    capture_output=True, text=True, check=False,
+                    stdout=subprocess.PIPE, text=True, check=False,  # the child's progress goes to stderr
                 )
                 if child.returncode != 0:
-                    sys.exit(f"shape {key} ({method}) failed:\n{child.stderr}")
+                    sys.exit(f"shape {key} ({method}) failed (its stderr is above)")
                 # other processes on a shared machine slow the build down: record how busy it was
                 results.append({**json.loads(child.stdout.strip().splitlines()[-1]), "load_average": os.getloadavg()[0]})
                 print(f"{key} {method}: {results[-1]['seconds']:.2f} s, {results[-1]['peak_rss_gb']:.2f} GB",
