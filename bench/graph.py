@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import resource
@@ -220,6 +221,9 @@ def run_one(key: str, method: str, threads: int | None, cols_out: str | None, tr
 
     if threads:
         torch.set_num_threads(threads)
+    # the approximate search logs where its time goes (k-means, probes, list scan, re-scoring)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("mllmrec.graph.ann").setLevel(logging.INFO)
 
     shape = SHAPES[key]
     rng = np.random.default_rng(999)

@@ -26,7 +26,9 @@ held fewer than ``K_s`` candidates, gets its row from the exact search instead.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
@@ -37,6 +39,8 @@ from torch import Tensor
 
 from mllmrec.graph import knn
 from mllmrec.graph.topk import Knn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ANN_CODE_VERSION", "KNN_METHODS", "AnnParams", "require_faiss", "approximate_semantic_knn",
            "resolve_knn_method"]
@@ -115,6 +119,22 @@ def resolve_knn_method(method: str, n_items: int, params: AnnParams) -> str:
     if method == "auto":
         return "faiss" if n_items >= params.min_items else "exact"
     return method
+
+
+class _StageTimes:
+    """Wall and CPU seconds per stage, for the log line that says where the time went."""
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, float, float]] = []
+        self._last = (time.perf_counter(), time.process_time())
+
+    def done(self, stage: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.stages.append((stage, now[0] - self._last[0], now[1] - self._last[1]))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{stage} {wall:.1f} s ({cpu:.1f} s CPU)" for stage, wall, cpu in self.stages)
 
 
 def _kmeans_centroids(faiss: ModuleType, unit: np.ndarray, lists: int, seed: int) -> np.ndarray:
@@ -218,12 +238,16 @@ def approximate_semantic_knn(features: Tensor, k_s: int, params: AnnParams, chun
     lists = params.resolved_lists(n)
     probes = min(params.probes, lists)
     x = unit.numpy()
+    stages = _StageTimes()
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(torch.get_num_threads())  # one thread budget for torch and faiss
     try:
         centroids = _kmeans_centroids(faiss, x, lists, params.seed)
+        stages.done("k-means")
         probe = _probes(faiss, x, centroids, probes)
+        stages.done("probes")
         candidates = torch.from_numpy(_ivf_candidates(faiss, x, probe, lists, min(k + 1, n)))
+        stages.done("list scan")
     finally:
         faiss.omp_set_num_threads(threads)
     del probe
@@ -240,6 +264,9 @@ def approximate_semantic_knn(features: Tensor, k_s: int, params: AnnParams, chun
     if redo.numel():
         exact = knn._semantic_rows(unit, nonzero, redo, k, chunk_size, knn._duplicate_representative(unit))
         cols[redo], scores[redo] = exact.cols.view(-1, k), exact.scores.view(-1, k)
+    stages.done("exact re-scoring")
+    log.info("approximate kNN of %d items (%d lists, %d probes, %d rows redone exactly): %s", n, lists,
+             probes, redo.numel(), stages)
     rows = torch.arange(n).repeat_interleave(k)
     # clamp only after ranking: turns the +inf self entry back into 1 and removes rounding past +-1
     return Knn(n, rows.to(device), cols.reshape(-1).to(device), scores.reshape(-1).clamp(-1.0, 1.0).to(device))
