@@ -213,11 +213,12 @@ def train_and_validate(features, interactions: sp.csr_matrix, graph, threads_not
     }
 
 
-def run_one(key: str, method: str, threads: int | None, cols_out: str | None, train: bool) -> dict:
+def run_one(key: str, method: str, threads: int | None, cols_out: str | None, train: bool,
+            probes: int | None) -> dict:
     """Runs inside the child process: build the graph once, report timings and peak RSS as JSON."""
     import torch
 
-    from mllmrec.graph import ann, build_refined_item_graph, knn
+    from mllmrec.graph import AnnParams, ann, build_refined_item_graph, knn
 
     if threads:
         torch.set_num_threads(threads)
@@ -238,7 +239,9 @@ def run_one(key: str, method: str, threads: int | None, cols_out: str | None, tr
     cpu_started = cpu_seconds()
     started = time.perf_counter()
     # the build returns its statistics too (as in a training run), so they are part of what is timed
-    built = build_refined_item_graph(features, interactions, shape.k_s, shape.alpha, shape.k_c, knn_method=method)
+    ann_params = AnnParams() if probes is None else AnnParams(probes=probes)
+    built = build_refined_item_graph(features, interactions, shape.k_s, shape.alpha, shape.k_c, knn_method=method,
+                                     ann_params=ann_params)
     total_seconds = time.perf_counter() - started
     total_cpu_seconds = cpu_seconds() - cpu_started
     peak_gb = peak_rss_gb()
@@ -255,7 +258,8 @@ def run_one(key: str, method: str, threads: int | None, cols_out: str | None, tr
     item_degree = np.asarray(interactions.sum(axis=0)).ravel()
     result = {
         **asdict(shape),
-        "knn": method,
+        "knn": method if method == "exact" else f"{method} (L = {ann_params.resolved_lists(shape.items)}, "
+                                                f"P = {ann_params.probes})",
         "actual_interactions": int(interactions.nnz),
         "max_item_degree": int(item_degree.max()),
         "seconds": total_seconds,
@@ -362,6 +366,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=[s for s in SHAPES if s != "1m"])
     parser.add_argument("--knn", nargs="+", choices=["exact", "faiss"], help="semantic search(es) per shape")
     parser.add_argument("--train", action="store_true", help="also one training epoch + validation pass")
+    parser.add_argument("--probes", type=int, help="graph.ann.probes of the faiss search (default: its default)")
     parser.add_argument("--out", type=Path, help="also write the table (with date and machine) here")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--one", choices=sorted(SHAPES), help=argparse.SUPPRESS)  # child mode
@@ -369,7 +374,7 @@ def main() -> None:
     parser.add_argument("--cols-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.method, args.threads, args.cols_out, args.train)))
+        print(json.dumps(run_one(args.one, args.method, args.threads, args.cols_out, args.train, args.probes)))
         return
 
     results = []
@@ -380,7 +385,9 @@ def main() -> None:
                 columns[method] = Path(scratch) / f"{key}-{method}.npy"
                 child = subprocess.run(
                     [sys.executable, __file__, "--one", key, "--method", method, "--cols-out", str(columns[method]),
-                     *(["--threads", str(args.threads)] if args.threads else []), *(["--train"] if args.train else [])],
+                     *(["--probes", str(args.probes)] if args.probes else []),
+                     *(["--threads", str(args.threads)] if args.threads else []),
+                     *(["--train"] if args.train else [])],
                     stdout=subprocess.PIPE, text=True, check=False,  # the child's progress goes to stderr
                 )
                 if child.returncode != 0:
@@ -390,7 +397,7 @@ def main() -> None:
                 print(f"{key} {method}: {results[-1]['seconds']:.2f} s, {results[-1]['peak_rss_gb']:.2f} GB",
                       file=sys.stderr)
             if "exact" in columns and "faiss" in columns:
-                faiss_row = next(r for r in reversed(results) if r["knn"] == "faiss")
+                faiss_row = next(r for r in reversed(results) if r["knn"].startswith("faiss"))
                 faiss_row["recall"] = full_recall(columns["exact"], columns["faiss"])
 
     table = markdown_table(results)

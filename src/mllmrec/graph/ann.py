@@ -11,14 +11,15 @@ nearest lists, and the candidates found are re-scored exactly:
 3. list by list, all items that probe the list are compared with its members in one matrix product
    (``faiss.knn``), and a running top-``(K+1)`` per item is kept (``faiss.ResultHeap``). This is the
    "big batch" order of ``faiss.contrib.big_batch_search``: with as many queries as database vectors it
-   turns the IVF scan into GEMMs (~3x faster than ``IndexIVFFlat.search`` here, same result);
+   turns the IVF scan into GEMMs (measured at 100k items: ~3x faster than ``IndexIVFFlat.search``,
+   same neighbours);
 4. the paper's semantics are then applied as in the exact search: the item itself is put first, the
    cosine of every candidate is recomputed exactly from the unit rows (float32, not the index's value),
    candidates are ranked by that cosine (ties: lower id first), the top-``K_s`` kept; the ``alpha``
    threshold is applied to those exact cosines by :func:`~mllmrec.graph.knn.semantic_from_knn`.
 
 Work is about ``I * P * I / L * d`` multiply-adds for the scan plus ``I * L * d`` for step 2 (with
-``L = 4 sqrt(I)`` both grow as ``I^1.5``); memory is the unit features plus ``I * P`` probe ids plus
+the default ``L = min(4 sqrt(I), I / 40)`` both grow as ``I^1.5``); memory is the unit features plus ``I * P`` probe ids plus
 ``I * (K+1)`` candidates. The result is deterministic for a seed (seeded sample and k-means; every
 later step is a fixed-order computation). An item with all-zero features, or one whose probed lists
 held fewer than ``K_s`` candidates, gets its row from the exact search instead.
