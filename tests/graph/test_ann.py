@@ -204,8 +204,9 @@ def test_without_faiss_the_error_says_how_to_install_it(monkeypatch, searches):
     with pytest.raises(ConfigError, match=r"pip install 'mllmrec\[ann\]'"):
         GraphSpec(knn="faiss")
     features, interactions = random_features(50, 4, seed=1), random_interactions(10, 50, 0.1, seed=1)
-    with pytest.raises(ImportError, match="or set graph.knn=exact"):
+    with pytest.raises(ImportError, match="or set graph.knn=exact") as err:
         build_refined_item_graph(features, interactions, 3, 0.1, 1, knn_method="auto",
                                  ann_params=AnnParams(min_items=10))
+    assert isinstance(err.value, ConfigError)  # a user error: train.py prints it and exits 2
     assert searches == []  # refused before any search
     GraphSpec(knn="auto")  # auto may still resolve to exact: no error before the size is known

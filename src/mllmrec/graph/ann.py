@@ -38,13 +38,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mllmrec.errors import ConfigError
 from mllmrec.graph import knn
 from mllmrec.graph.topk import Knn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ANN_CODE_VERSION", "KNN_METHODS", "AnnParams", "require_faiss", "approximate_semantic_knn",
-           "resolve_knn_method"]
+__all__ = ["ANN_CODE_VERSION", "KNN_METHODS", "AnnParams", "FaissMissingError", "require_faiss",
+           "approximate_semantic_knn", "resolve_knn_method"]
 
 #: graph.knn: ``exact`` always, ``faiss`` always, ``auto``: faiss from ``ann.min_items`` items on
 KNN_METHODS = ("exact", "faiss", "auto")
@@ -103,12 +104,16 @@ class AnnParams:
         return cls(**values)
 
 
+class FaissMissingError(ConfigError, ImportError):
+    """``graph.knn`` needs faiss, which is not installed (a user error: the entry points print it)."""
+
+
 def require_faiss() -> ModuleType:
-    """The faiss module, or an ImportError that says how to install it."""
+    """The faiss module, or a :class:`FaissMissingError` that says how to install it."""
     try:
         import faiss
     except ImportError as err:
-        raise ImportError(
+        raise FaissMissingError(
             "graph.knn=faiss needs the faiss-cpu package: pip install 'mllmrec[ann]' "
             "(or pip install faiss-cpu), or set graph.knn=exact"
         ) from err

@@ -61,7 +61,4 @@ class GraphSpec:
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"graph.{err}") from None
         if self.knn == "faiss":  # asked for explicitly: say so before any data is loaded
-            try:
-                require_faiss()
-            except ImportError as err:
-                raise ConfigError(str(err)) from None
+            require_faiss()
