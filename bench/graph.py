@@ -151,7 +151,7 @@ def sampled_recall(features, found, k: int, rng: np.random.Generator) -> dict:
     n = features.shape[0]
     items = torch.from_numpy(np.sort(rng.choice(n, size=min(RECALL_SAMPLE, n), replace=False)))
     unit, nonzero = knn._unit_rows(features)
-    exact = knn._semantic_rows(unit, nonzero, items, k, 256)
+    exact = knn._semantic_rows(unit, nonzero, items, k, 64)  # [64, I] blocks: 256 MB at 1M items
     exact_cols = exact.cols.view(-1, k).numpy()
     found_cols = found.cols.view(-1, k).numpy()[items.numpy()]
     return {
