@@ -210,3 +210,24 @@ def test_without_faiss_the_error_says_how_to_install_it(monkeypatch, searches):
     assert isinstance(err.value, ConfigError)  # a user error: train.py prints it and exits 2
     assert searches == []  # refused before any search
     GraphSpec(knn="auto")  # auto may still resolve to exact: no error before the size is known
+
+
+def test_rows_whose_probed_lists_hold_too_few_items_are_searched_exactly(monkeypatch):
+    """50 lists of ~4 items and one probe: most rows find fewer than K_s candidates. Those rows must be
+    the exact search's (no padding id -1, no missing neighbour)."""
+    features = random_features(200, 8, seed=9)
+    redone = []
+    real_rows = knn._semantic_rows
+
+    def recording(unit, nonzero, items, *args):
+        redone.append(items.clone())
+        return real_rows(unit, nonzero, items, *args)
+
+    monkeypatch.setattr(knn, "_semantic_rows", recording)
+    found = approximate_semantic_knn(features, 6, AnnParams(lists=50, probes=1), CHUNK)
+    monkeypatch.setattr(knn, "_semantic_rows", real_rows)
+    exact = knn.semantic_knn(features, 6, CHUNK)
+    assert len(redone) == 1 and 0 < redone[0].numel() < 200
+    rows = (redone[0].unsqueeze(1) * 6 + torch.arange(6)).reshape(-1)
+    assert torch.equal(found.cols[rows], exact.cols[rows])
+    assert found.cols.min() >= 0 and all(len(set(r)) == 6 for r in found.cols.view(-1, 6).tolist())
