@@ -1,0 +1,89 @@
+"""Exact resume (issue 18, point 1): N uninterrupted epochs == k epochs, then a resume to N, bit for bit
+on CPU (history, best epoch, valid/test metrics, weights, optimiser, callback and random states)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from train_helpers import SMALL_DEMO, compose_config
+from mllmrec.checkpointing import RandomStateCheckpoint
+from mllmrec.training import train
+
+QUIET = ["logger=none", "trainer=cpu", "callbacks.progress_bar=null", "callbacks.user_tsne=null",
+         "callbacks.graph_statistics=null", "compare_popularity=false", *SMALL_DEMO]
+
+
+def _run(data_dir: Path, out: Path, *overrides: str) -> dict:
+    cfg = compose_config("train", [f"paths.data_dir={data_dir}", *QUIET, *overrides], out)
+    try:
+        summary, _ = train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    return summary
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_same_tensors(a, b, what: str) -> None:
+    """Nested dicts/lists of tensors and numbers: equal, bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), what
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{what}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, what
+
+
+@pytest.mark.parametrize("model", ["mllmrec", "bpr"])
+def test_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path, model):
+    whole = _run(data_dir, tmp_path / "whole", f"model={model}", "trainer.max_epochs=3")
+    _run(data_dir, tmp_path / "part", f"model={model}", "trainer.max_epochs=2")
+    last = tmp_path / "part" / "checkpoints" / "last.ckpt"
+    # in the same folder, as a requeued job does (its checkpoint callbacks then keep their best scores)
+    resumed = _run(data_dir, tmp_path / "part", f"model={model}", "trainer.max_epochs=3",
+                   f"ckpt_path={last}")
+
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    # exact equality, not approx: the same batches, negatives and optimiser steps in the same order
+    assert resumed["history"] == whole["history"]
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["valid"] == whole["valid"]
+    assert resumed["test"] == whole["test"]
+
+    a, b = _load(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _load(tmp_path / "part" / "checkpoints" / "last.ckpt")
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    _assert_same_tensors(a["state_dict"], b["state_dict"], "weights")
+    _assert_same_tensors(a["optimizer_states"], b["optimizer_states"], "optimiser (Adam moments, step)")
+    for name, state in a["callbacks"].items():  # early stopping's wait/best, checkpoints' best score
+        if name.startswith(("EarlyStopping", "ModelCheckpoint")):
+            # paths differ by folder; current_score is the score of the last save, not carried over
+            kept = {k: v for k, v in state.items() if k not in ("dirpath", "best_model_path", "last_model_path",
+                                                                  "kth_best_model_path", "best_k_models",
+                                                                  "current_score")}
+            _assert_same_tensors(kept, {k: b["callbacks"][name][k] for k in kept}, name)
+
+
+def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
+    callback = RandomStateCheckpoint()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = tmp_path / "state.pt"
+    torch.save({"rng": callback.state_dict()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(10), np.random.seed(20), torch.manual_seed(30)  # a fresh process's states
+    callback.load_state_dict(torch.load(path, weights_only=True)["rng"])  # as checkpoints load
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
