@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -48,9 +49,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
+        # serialised in memory first (as Lightning does): a write error is then a plain OSError
+        # (ENOSPC, EIO) instead of torch's zip writer failing half way with a RuntimeError
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())  # the bytes are on disk before the name points at them
 
