@@ -87,3 +87,18 @@ def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
     callback.load_state_dict(torch.load(path, weights_only=True)["rng"])  # as checkpoints load
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
+
+
+def test_auto_resume_only_continues_an_unfinished_run_of_the_same_config(tmp_path):
+    from mllmrec.checkpointing import auto_resume_checkpoint, record_run_fingerprint
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert auto_resume_checkpoint(tmp_path, "abc") is None  # nothing there
+    last.parent.mkdir()
+    last.write_bytes(b"x")
+    assert auto_resume_checkpoint(tmp_path, "abc") is None  # a checkpoint of unknown origin
+    record_run_fingerprint(last.parent, "abc")
+    assert auto_resume_checkpoint(tmp_path, "abc") == last
+    assert auto_resume_checkpoint(tmp_path, "other") is None  # another config in this folder
+    (tmp_path / "metrics.json").write_text("{}")
+    assert auto_resume_checkpoint(tmp_path, "abc") is None  # finished: a rerun trains again
