@@ -33,6 +33,7 @@ from mllmrec.data import (
     load_processed_dataset,
     read_items,
 )
+from mllmrec.data.checks import check_feature_rows, check_loaded_dataset, check_texts
 from mllmrec.data.demo import ensure_demo_dataset
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.graph import cached_refined_item_graph
@@ -318,6 +319,17 @@ class MLLMRecDataModule(L.LightningDataModule):
             )
         return load_processed_dataset(cfg["root"], name=cfg["name"])
 
+    def _input_names(self) -> tuple[str, dict[str, str]]:
+        """The interaction file and the item/user feature (or text) sources, as messages name them."""
+        cfg = self.dataset_cfg
+        if cfg.get("format") == "mmrec":
+            root = Path(cfg["root"])
+            return str(root / f"{cfg['name']}.inter"), {
+                k: str(root / cfg[f"{k}_features"]) for k in ("item", "user") if cfg.get(f"{k}_features")}
+        files = self._reasoning_files()
+        items, users = files if files is not None else (self.layout.items, self.layout.items)
+        return str(self.layout.interactions), {"item": str(items), "user": str(users)}
+
     def item_and_user_texts(self, data: InteractionData) -> tuple[list[str], list[str]]:
         """Item descriptions [I] and user profiles [U] for the processed format."""
         files = self._reasoning_files()
@@ -354,12 +366,18 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.check_inputs()
         data = self._load_data()
         log.info("%s", data.summary())
+        # start-up data checks (issue 18): overlap, degenerate feature files, before any heavy work
+        origin, feature_origins = self._input_names()
+        check_loaded_dataset(data, origin, feature_origins, self.exclude_valid_at_test)
         if self.dataset_cfg.get("format") != "mmrec":
             item_texts, user_texts = self.item_and_user_texts(data)
+            check_texts(item_texts, "item", feature_origins["item"])
             cache = self.layout.cache / "embeddings"
             data.item_features = cached_encode(item_texts, self.encoder_spec, cache, "items")
+            check_feature_rows(data.item_features, "item", f"{feature_origins['item']} (encoded)")
             if self.use_user_features:
                 data.user_features = cached_encode(user_texts, self.encoder_spec, cache, "users")
+                check_feature_rows(data.user_features, "user", f"{feature_origins['user']} (encoded)")
         if data.item_features is None:
             raise DatasetError(
                 f"dataset={self.dataset_cfg['name']}: no item features. Set dataset.item_features."
