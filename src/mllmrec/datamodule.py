@@ -219,6 +219,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         profile_history: str = "train",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
@@ -240,6 +241,8 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.profile_history = profile_history
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
+        # derived artefacts (embeddings, graphs) go here, never into the (possibly read-only) inputs
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.data: InteractionData | None = None
         self.item_features: torch.Tensor | None = None
         self.user_features: torch.Tensor | None = None
@@ -249,6 +252,16 @@ class MLLMRecDataModule(L.LightningDataModule):
     @property
     def layout(self) -> DatasetLayout:
         return DatasetLayout(self.dataset_cfg["root"])
+
+    @property
+    def cache_root(self) -> Path:
+        """``cache_dir`` (``paths.cache_dir``/<dataset>); without one, a processed dataset's own cache
+        folder, and for an MMRec folder (an input, never written) a per-user folder."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        if self.dataset_cfg.get("format") == "mmrec":
+            return Path.home() / ".cache" / "mllmrec" / str(self.dataset_cfg["name"])
+        return self.layout.cache
 
     def check_inputs(self) -> None:
         """Cheap checks of files and folders, before any heavy work."""
@@ -372,7 +385,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         if self.dataset_cfg.get("format") != "mmrec":
             item_texts, user_texts = self.item_and_user_texts(data)
             check_texts(item_texts, "item", feature_origins["item"])
-            cache = self.layout.cache / "embeddings"
+            cache = self.cache_root / "embeddings"
             data.item_features = cached_encode(item_texts, self.encoder_spec, cache, "items")
             check_feature_rows(data.item_features, "item", f"{feature_origins['item']} (encoded)")
             if self.use_user_features:
@@ -388,12 +401,8 @@ class MLLMRecDataModule(L.LightningDataModule):
             torch.from_numpy(data.user_features) if data.user_features is not None else None
         )
         g = self.graph_cfg
-        graph_cache = (
-            self.layout.cache / "graphs" if self.dataset_cfg.get("format") != "mmrec"
-            else Path(self.dataset_cfg["root"]) / ".mllmrec_cache" / "graphs"
-        )
         self.item_graph = cached_refined_item_graph(
-            self.item_features, data.train, g.ks, g.alpha, g.kc, graph_cache
+            self.item_features, data.train, g.ks, g.alpha, g.kc, self.cache_root / "graphs"
         )
         self.triplets = BPRTriplets(data.train, self.batch_size, self.seed)
         self.train_sampler = EpochSampler(self.triplets)
