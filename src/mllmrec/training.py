@@ -19,6 +19,7 @@ from mllmrec.callbacks import log_results
 from mllmrec.checkpointing import auto_resume_checkpoint, record_run_fingerprint
 from mllmrec.config import validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
+from mllmrec.secrets import redact_container
 from mllmrec.sweep.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.sweep.resume import config_fingerprint
 from mllmrec.sweep.tracking import prepare_wandb_logger
@@ -117,7 +118,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams = redact_container(OmegaConf.to_container(cfg, resolve=True))  # no API keys in logger configs
         for lg in loggers:
             lg.log_hyperparams(hparams)
 

@@ -320,7 +320,8 @@ class Reasoner:
         self._prepare_dataset()
         data = load_processed_dataset(s.dataset.root, name=s.dataset.name)
         items = read_items(s.dataset.root, data.n_items)
-        scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers)
+        scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers,
+                           allow_outside=s.allow_outside_images)
         if scan.skipped_reason:
             log.warning("image step skipped: %s", scan.skipped_reason)
         histories = user_histories(data, self.layout, s.history)

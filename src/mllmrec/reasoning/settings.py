@@ -148,6 +148,7 @@ class ReasonSettings:
     item_max_tokens: int = 256
     chars_per_token: float = 3.0
     image_workers: int = 8
+    allow_outside_images: bool = False
     progress: bool = True
     openai: dict[str, Any] = field(default_factory=dict)
     transformers: dict[str, Any] = field(default_factory=dict)
@@ -221,6 +222,7 @@ class ReasonSettings:
             item_max_tokens=_opt_int(reason.get("item_max_tokens", 256), "reason.item_max_tokens", 8) or 256,
             chars_per_token=chars_per_token,
             image_workers=_opt_int(reason.get("image_workers", 8), "reason.image_workers", 1) or 8,
+            allow_outside_images=bool(reason.get("allow_outside_images", False)),
             progress=bool(reason.get("progress", True)),
             openai=dict(reason.get("openai") or {}),
             transformers=dict(reason.get("transformers") or {}),
