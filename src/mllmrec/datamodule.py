@@ -340,7 +340,7 @@ class MLLMRecDataModule(L.LightningDataModule):
             return str(root / f"{cfg['name']}.inter"), {
                 k: str(root / cfg[f"{k}_features"]) for k in ("item", "user") if cfg.get(f"{k}_features")}
         files = self._reasoning_files()
-        items, users = files if files is not None else (self.layout.items, self.layout.items)
+        items, users = files if files is not None else (self.layout.items, f"{self.layout.items} (histories)")
         return str(self.layout.interactions), {"item": str(items), "user": str(users)}
 
     def item_and_user_texts(self, data: InteractionData) -> tuple[list[str], list[str]]:

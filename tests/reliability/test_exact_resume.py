@@ -102,3 +102,17 @@ def test_auto_resume_only_continues_an_unfinished_run_of_the_same_config(tmp_pat
     assert auto_resume_checkpoint(tmp_path, "other") is None  # another config in this folder
     (tmp_path / "metrics.json").write_text("{}")
     assert auto_resume_checkpoint(tmp_path, "abc") is None  # finished: a rerun trains again
+
+
+def test_resume_settings_leave_the_sweep_fingerprint_alone(tmp_path):
+    """Finished sweep jobs stay finished: the keys added for exact resume and caches are result-neutral."""
+    from mllmrec.sweep.resume import config_fingerprint
+
+    try:
+        base = config_fingerprint(compose_config("train", ["logger=none"], tmp_path / "a"))
+        for override in ("auto_resume=false", "callbacks.random_state=null", "~trainer.plugins",
+                         "data.cache_dir=/somewhere/else"):
+            assert config_fingerprint(compose_config("train", ["logger=none", override], tmp_path / "b")) == base
+        assert config_fingerprint(compose_config("train", ["logger=none", "seed=1"], tmp_path / "c")) != base
+    finally:
+        GlobalHydra.instance().clear()
