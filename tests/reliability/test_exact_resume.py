@@ -68,8 +68,10 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path, mode
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     _assert_same_tensors(a["state_dict"], b["state_dict"], "weights")
     _assert_same_tensors(a["optimizer_states"], b["optimizer_states"], "optimiser (Adam moments, step)")
-    for name, state in a["callbacks"].items():  # early stopping's wait/best, checkpoints' best score
-        if name.startswith(("EarlyStopping", "ModelCheckpoint")):
+    assert any(name.startswith("RandomStateCheckpoint") for name in a["callbacks"])
+    # early stopping's wait/best, checkpoints' best score, the Python/NumPy/torch random states
+    for name, state in a["callbacks"].items():
+        if name.startswith(("EarlyStopping", "ModelCheckpoint", "RandomStateCheckpoint")):
             # paths differ by folder; current_score is the score of the last save, not carried over
             kept = {k: v for k, v in state.items() if k not in ("dirpath", "best_model_path", "last_model_path",
                                                                   "kth_best_model_path", "best_k_models",
