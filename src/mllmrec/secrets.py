@@ -50,7 +50,7 @@ def _walk(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
     """(dotted key, value) of every leaf of a DictConfig/ListConfig, interpolations resolved where they
     can be (an unresolvable one is skipped: it is not a value yet)."""
     if isinstance(node, DictConfig):
-        for key in node.keys():
+        for key in node:
             try:
                 child = node[key]
             except Exception:  # noqa: BLE001  (missing values, interpolations needing a Hydra context)

@@ -14,7 +14,6 @@ import pytest
 from mllmrec.data.checks import check_feature_rows, check_split_overlap, check_texts, feature_row_report
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.interactions import interaction_data_from_frame
-from mllmrec.data.mmrec import MMREC_COLUMNS
 
 
 def _rows(n_users: int = 30, n_items: int = 20, seed: int = 0) -> list[tuple[int, int, int, int]]:

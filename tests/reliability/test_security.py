@@ -1,5 +1,5 @@
 """Security (issue 18, point 11): image paths confined to the dataset's image folder, secrets redacted
-from run folders and logs, pickles refused."""
+from run folders and logs (pickle refusal: test_pickle_refusal.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from train_helpers import ROOT
-from mllmrec.data.errors import DatasetError
 from mllmrec.reasoning.images import scan_images
 from mllmrec.secrets import REDACTED, install_log_redaction, is_secret_key, redact_container, redact_text
 
@@ -109,36 +106,3 @@ def test_secrets_stay_out_of_run_folders_and_logs(tmp_path):
         assert _files_containing(tmp_path, key) == [], key  # run folder, logs, data, outputs
         assert key not in proc.stdout + proc.stderr
     assert REDACTED in (run / ".hydra" / "overrides.yaml").read_text()
-
-
-# --------------------------------------------------------------------------- pickles refused
-class _Payload:
-    """Unpickling this would create a marker file (what a malicious file would do instead)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def test_a_pickled_feature_file_is_refused(tmp_path):
-    from mllmrec.data.validation import load_feature_matrix
-
-    marker = tmp_path / "pwned"
-    path = tmp_path / "image_feat.npy"
-    np.save(path, np.array([_Payload(marker)] * 4, dtype=object), allow_pickle=True)
-    with pytest.raises(DatasetError, match=rf"{path}.*not a plain .npy array"):
-        load_feature_matrix(path, 4, "item")
-    assert not marker.exists()
-
-
-def test_a_malicious_checkpoint_is_refused(train_cfg, tmp_path):
-    from mllmrec.training import train
-
-    marker = tmp_path / "pwned"
-    ckpt = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _Payload(marker)}, ckpt)
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
-        train(train_cfg("trainer.max_epochs=1", f"ckpt_path={ckpt}", "callbacks.user_tsne=null"))
-    assert not marker.exists()

@@ -135,7 +135,7 @@ def feature_row_report(features: np.ndarray) -> FeatureRowReport:
     constant = (x == x[:, :1]).all(axis=1) & ~zero
     # rows as opaque byte strings: exact duplicates, in O(n log n) without comparing row pairs
     rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
-    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    _, first = np.unique(rows, return_index=True)
     is_first = np.zeros(n, dtype=bool)
     is_first[first] = True
     duplicated = ~is_first & ~zero & ~constant
