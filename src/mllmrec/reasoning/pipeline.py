@@ -283,7 +283,8 @@ class Reasoner:
         s = self.s
         data = open_dataset(s.dataset.config)  # generates the demo on first use
         items = read_items(s.dataset.root, data.n_items)
-        scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers)
+        scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers,
+                           allow_outside=s.allow_outside_images)
         if scan.skipped_reason:
             log.warning("image step skipped: %s", scan.skipped_reason)
         histories = user_histories(data, self.layout, s.history)

@@ -271,6 +271,7 @@ class ReasonSettings:
     item_max_tokens: int
     chars_per_token: float
     image_workers: int
+    allow_outside_images: bool
     progress: bool
     openai: OpenAIOptions
     transformers: TransformersOptions
@@ -340,6 +341,7 @@ class ReasonSettings:
             item_max_tokens=reason.int("item_max_tokens", 8),
             chars_per_token=reason.float("chars_per_token", 0, strict=True),
             image_workers=reason.int("image_workers", 1),
+            allow_outside_images=reason.bool("allow_outside_images"),
             progress=reason.bool("progress"),
             openai=OpenAIOptions.from_node(reason.node("openai")),
             transformers=TransformersOptions.from_node(reason.node("transformers")),

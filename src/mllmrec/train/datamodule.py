@@ -25,11 +25,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from mllmrec.data import DatasetError, DatasetLayout, InteractionData, history_text, read_items
+from mllmrec.data.checks import check_feature_rows, check_loaded_dataset, check_texts
 from mllmrec.data.open import check_dataset, open_dataset
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.errors import ConfigError
 from mllmrec.graph import GraphBuildStatistics, GraphSpec, build_refined_item_graph
-from mllmrec.reasoning.outputs import ITEM_TEXT_SOURCES, check_history, read_reasoning_outputs, require_outputs
+from mllmrec.reasoning.outputs import (
+    ITEM_TABLE,
+    ITEM_TEXT_SOURCES,
+    USER_TABLE,
+    check_history,
+    read_reasoning_outputs,
+    require_outputs,
+)
 from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         item_text_source: str = "description",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if item_text_source not in ITEM_TEXT_SOURCES:
@@ -81,6 +90,8 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.item_text_source = item_text_source
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
+        # derived artefacts (embeddings, graphs) go here, never into the (possibly read-only) inputs
+        self._cache_dir = Path(cache_dir) if cache_dir else None
         self.data: InteractionData | None = None
         self._texts: tuple[list[str], list[str]] | None = None
         self._item_features: torch.Tensor | None = None
@@ -88,6 +99,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self._user_features_ready = False
         self._item_graph: torch.Tensor | None = None
         self.graph_statistics: GraphBuildStatistics | None = None  # set with the graph
+        self._origins: dict[str, str] = {}  # item/user feature sources, as messages name them
 
     # ----------------------------------------------------------------- loading
     @property
@@ -100,10 +112,27 @@ class MLLMRecDataModule(L.LightningDataModule):
 
     @property
     def cache_dir(self) -> Path:
-        """Where derived artefacts (embeddings, graphs) of this dataset are cached."""
+        """Where derived artefacts (embeddings, graphs) of this dataset are cached: ``data.cache_dir``
+        (``paths.cache_dir``/<dataset>); without one, a processed dataset's own cache folder, and for an
+        MMRec folder (an input, never written) a per-user folder."""
+        if self._cache_dir is not None:
+            return self._cache_dir
         if self.is_mmrec:
-            return Path(self.dataset_cfg["root"]) / ".mllmrec_cache"
+            return Path.home() / ".cache" / "mllmrec" / str(self.dataset_cfg["name"])
         return self.layout.cache
+
+    def _input_names(self) -> tuple[str, dict[str, str]]:
+        """The interaction file and the item/user feature (or text) sources, as messages name them."""
+        cfg = self.dataset_cfg
+        if self.is_mmrec:
+            root = Path(cfg["root"])
+            return str(root / f"{cfg['name']}.inter"), {
+                k: str(root / cfg[f"{k}_features"]) for k in ("item", "user") if cfg.get(f"{k}_features")}
+        folder = self._reasoning_files()
+        if folder is None:
+            return str(self.layout.interactions), {
+                "item": str(self.layout.items), "user": f"{self.layout.items} (histories)"}
+        return str(self.layout.interactions), {"item": str(folder / ITEM_TABLE), "user": str(folder / USER_TABLE)}
 
     def check_inputs(self) -> None:
         """Cheap checks of files and folders, before any heavy work."""
@@ -145,8 +174,12 @@ class MLLMRecDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         self.check_inputs()
-        self.data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
-        log.info("%s", self.data.summary())
+        data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
+        log.info("%s", data.summary())
+        # start-up data checks: split overlap and degenerate feature files, before any heavy work
+        origin, self._origins = self._input_names()
+        check_loaded_dataset(data, origin, self._origins, self.exclude_valid_at_test)
+        self.data = data
         self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed)
         self.train_sampler = EpochSampler(self.triplets)
 
@@ -161,8 +194,12 @@ class MLLMRecDataModule(L.LightningDataModule):
         data = self._require_setup()
         if self._texts is None:
             self._texts = self.item_and_user_texts(data)
+            check_texts(self._texts[0], "item", self._origins["item"])
         texts = self._texts[0] if which == "items" else self._texts[1]
-        return cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", which)
+        features = cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", which)
+        what = which[:-1]  # items -> item
+        check_feature_rows(features, what, f"{self._origins[what]} (encoded)")
+        return features
 
     @property
     def item_features(self) -> torch.Tensor:

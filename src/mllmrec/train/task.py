@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
+from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
+from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
 from mllmrec.train.checks import build_spec, validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
 from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
@@ -141,11 +143,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams = redact_container(OmegaConf.to_container(cfg, resolve=True))  # no API keys in logger configs
         for lg in loggers:
             lg.log_hyperparams(hparams)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # --- resume (issue 18): a killed run of this very config continues from its last.ckpt
+    fingerprint = config_fingerprint(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None and cfg.get("auto_resume", True):
+        ckpt_path = auto_resume_checkpoint(output_dir, fingerprint)
+        if ckpt_path is not None:
+            log.warning("resuming the unfinished run in %s from %s", output_dir, ckpt_path)
+    if trainer.is_global_zero:
+        record_run_fingerprint(output_dir / "checkpoints", fingerprint)
+    # ---
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
     history = list(model.history)  # testing the best checkpoint reloads an older history
     summary: dict[str, Any] = {"best_epoch": None, "valid": {}, "test": {}}
     if history:
@@ -171,7 +183,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         }
         rows["popularity valid"] = summary["popularity"]["valid"]
         rows["popularity test"] = summary["popularity"]["test"]
-    summary["config_fingerprint"] = config_fingerprint(cfg)  # lets a rerun of the sweep skip this job
+    summary["config_fingerprint"] = fingerprint  # lets a rerun of the sweep skip this job
     if trainer.is_global_zero:  # under DDP every rank gets here with the same results; one writes them
         atomic_write_json(output_dir / "metrics.json", summary)
         log_results(loggers, rows)
