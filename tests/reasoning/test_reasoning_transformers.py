@@ -161,3 +161,178 @@ def test_missing_chat_template_or_processor_is_a_clear_error() -> None:
         TransformersBackend("m@main", device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
     with pytest.raises(BackendError, match="needs its processor"):
         TransformersBackend("m@main", vision=True, device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
+
+
+# -- a tiny random Gemma 3 (real architecture and generate(), 5k parameters) ------------------------
+TINY_WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "user", "model",
+              *(f"w{i}" for i in range(40))]
+
+
+def tiny_gemma(seed: int = 0):
+    """(tokenizer, Gemma3ForCausalLM) with Gemma's special tokens and whitespace-split words.
+
+    The tokenizer adds ``<bos>`` like Gemma's; ``<end_of_turn>`` is id 5, ``<eos>`` id 1.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
+    config = Gemma3TextConfig(
+        vocab_size=len(TINY_WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return tokenizer, Gemma3ForCausalLM(config).eval()
+
+
+def greedy_without_cache(model, input_ids: list[int], max_tokens: int, stop: set[int]) -> list[int]:
+    """Reference greedy decoding: the whole sequence re-run each step, argmax of the full logits."""
+    ids, new = list(input_ids), []
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits
+            token = int(logits[0, -1].argmax())
+            if token in stop:
+                break
+            ids.append(token)
+            new.append(token)
+    return new
+
+
+def test_greedy_generation_keeps_only_last_position_logits_and_matches_a_full_recompute() -> None:
+    tokenizer, model = tiny_gemma()
+    backend = TransformersBackend("tiny-gemma@test", chat_format="gemma", device="cpu", batch_size=2,
+                                  model=model, tokenizer=tokenizer)
+    logit_shapes: list[tuple[int, ...]] = []
+    hook = model.register_forward_hook(lambda module, args, out: logit_shapes.append(tuple(out.logits.shape)))
+    requests = [Request((Message("user", text),), Sampling(max_tokens=6))
+                for text in ("w1 w2 w3 w4 w5 w6 w7", "w8", "w9 w10 w11")]
+    try:
+        out = backend.generate(requests)
+    finally:
+        hook.remove()
+    # a prefill plus decode steps, each with logits for one position: the 262k-token head of
+    # Gemma 3 is never computed for the prompt's other positions
+    assert len(logit_shapes) > 1
+    assert {shape[1] for shape in logit_shapes} == {1}, logit_shapes
+    assert {shape[2] for shape in logit_shapes} == {len(TINY_WORDS)}
+    # the KV cache, left padding and last-position logits change nothing: same tokens as a
+    # one-by-one, cache-free decode
+    stop = {1, 5}
+    for request, generation in zip(requests, out):
+        prompt_ids = tokenizer(gemma_prompt(request.messages))["input_ids"]
+        expected = greedy_without_cache(model, prompt_ids, 6, stop)
+        assert generation.n_tokens == len(expected)
+        assert generation.text == tokenizer.decode(expected, skip_special_tokens=True)
+        assert generation.finish_reason == ("length" if len(expected) == 6 else "stop")
+
+
+def test_num_threads_sets_torch_intra_op_threads_before_loading() -> None:
+    from mllmrec.reasoning.backends.base import BackendError
+
+    tokenizer, model = tiny_gemma()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        TransformersBackend("t@test", chat_format="gemma", device="cpu", num_threads=2,
+                            model=model, tokenizer=tokenizer)
+        assert torch.get_num_threads() == 2
+        TransformersBackend("t@test", chat_format="gemma", device="cpu", model=model, tokenizer=tokenizer)
+        assert torch.get_num_threads() == 2  # None leaves the process's setting alone
+        with pytest.raises(BackendError, match="reason.transformers.num_threads"):
+            TransformersBackend("t@test", chat_format="gemma", device="cpu", num_threads=0,
+                                model=model, tokenizer=tokenizer)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_reason_transformers_num_threads_reaches_the_backend(tmp_path, reason_cfg) -> None:
+    from mllmrec.reasoning.backends import make_backend
+    from mllmrec.reasoning.settings import ReasonSettings
+
+    tokenizer, model = tiny_gemma()
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    model.save_pretrained(tmp_path / "tiny")
+    cfg = reason_cfg("mllm=gemma3_270m", "mllm.gguf=null", f"mllm.model_id={tmp_path / 'tiny'}",
+                     "mllm.revision=null", "reason.backend=transformers",
+                     "reason.transformers.device=cpu", "reason.transformers.num_threads=2")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        backend = make_backend(ReasonSettings.from_config(cfg))
+        assert backend.name == "transformers" and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gguf_conversion_is_cached_and_reloaded_as_plain_float_weights(tmp_path, monkeypatch) -> None:
+    """The GGUF reader (a minute or more per parse) runs once per file content; later loads come
+    from the converted folder, whose config no longer claims GGUF quantisation."""
+    import transformers
+
+    from mllmrec.reasoning.backends.transformers_backend import load_gguf_model
+
+    reads: list[str] = []
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+    real_model = transformers.AutoModelForCausalLM.from_pretrained
+
+    def gguf_model():
+        tokenizer, model = tiny_gemma()
+        # what transformers' GGUF loader leaves on the dequantised model
+        model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "tiny.gguf",
+                                            "dequantize": False}
+        return tokenizer, model
+
+    def fake_tokenizer(name, *args, **kwargs):
+        if kwargs.get("gguf_file"):
+            reads.append("tokenizer")
+            return gguf_model()[0]
+        return real_tokenizer(name, *args, **kwargs)
+
+    def fake_model(name, *args, **kwargs):
+        if kwargs.get("gguf_file"):
+            reads.append("model")
+            return gguf_model()[1]
+        return real_model(name, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF stand-in, version 1")
+    cache = tmp_path / "cache"
+
+    tokenizer, model = load_gguf_model(gguf, cache)
+    assert reads == ["tokenizer", "model"]
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]  # beside it: the writers' lock file
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert model.config.quantization_config["quant_method"] == "gguf"  # the live model is untouched
+
+    tokenizer2, model2 = load_gguf_model(gguf, cache)
+    assert reads == ["tokenizer", "model"]  # from the folder: no second GGUF parse
+    assert getattr(model2.config, "quantization_config", None) is None
+    reference = model.state_dict()
+    assert set(model2.state_dict()) == set(reference)
+    assert all(torch.equal(t, reference[name]) for name, t in model2.state_dict().items())
+    text = "<start_of_turn>user\nw1 w2<end_of_turn>\n"
+    assert tokenizer2(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+    # a folder written before the config was cleaned still loads as plain floats
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    _, model3 = load_gguf_model(gguf, cache)
+    assert getattr(model3.config, "quantization_config", None) is None
+    assert all(torch.equal(t, reference[name]) for name, t in model3.state_dict().items())
+
+    # other file content: a new conversion, beside the first
+    gguf.write_bytes(b"GGUF stand-in, version 2")
+    load_gguf_model(gguf, cache)
+    assert reads == ["tokenizer", "model"] * 2
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2

@@ -84,6 +84,7 @@ def make_backend(settings: "ReasonSettings") -> Backend:
             batch_size=int(t.get("batch_size", 8)),
             cache_dir=Path(os.path.expanduser(str(cache_dir))) if cache_dir else None,
             trust_remote_code=bool(t.get("trust_remote_code", False)),
+            num_threads=t.get("num_threads"),
         )
     if settings.backend == "fake":
         from mllmrec.reasoning.backends.fake import FakeBackend

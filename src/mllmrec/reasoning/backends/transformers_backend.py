@@ -10,16 +10,26 @@ Three ways to load a model, picked by the mllm config:
   converted tokenizer, config and float weights are cached once in a plain Hugging Face folder
   under ``cache_dir`` keyed by the file's sha256 and the transformers version; later loads take
   seconds. (``save_pretrained`` refuses GGUF-loaded models, hence safetensors' ``save_model``.)
+  The folder's config drops the GGUF ``quantization_config``: its weights are plain floats, and
+  readers of the folder (transformers, vLLM) must not treat it as a GGUF checkpoint.
 * ``vision: true``: ``AutoProcessor`` + ``AutoModelForImageTextToText``; prompts through the
   processor's chat template with the image as an ``image`` content part.
 * otherwise: ``AutoTokenizer`` + ``AutoModelForCausalLM`` with the tokenizer's chat template.
 
 ``chat_format: gemma`` formats Gemma turns by hand for tokenizers without a chat template (the
 GGUF tokenizer of Gemma 3 270M has none).
+
+Speed on a CPU (measured with Gemma 3 270M, see ``bench/results/reason.md``): decoding one token
+is a few hundred small ops, each an OpenMP parallel region; with more intra-op threads than free
+cores (a CPU shared with other jobs) every region waits for a descheduled thread, and generation
+ran 8x slower with 2 threads than with 1 on two busy cores. ``num_threads`` sets torch's intra-op
+threads for the process. ``generate`` computes the vocabulary head (262k tokens for Gemma 3) for
+the last position only, so a prompt's length costs only its transformer layers.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.resources
@@ -107,12 +117,26 @@ def load_gguf_model(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
 
 def _load_folder(folder: Path) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log.info("loading the converted GGUF model from %s", folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    # folders written before the config was cleaned still name the GGUF quantisation
+    config = _without_gguf_quantization(AutoConfig.from_pretrained(str(folder)))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, dtype=torch.float32)
     return tokenizer, model
+
+
+def _without_gguf_quantization(config: Any) -> Any:
+    """``config`` without the GGUF ``quantization_config`` that the GGUF loader attaches: the
+    converted folder holds plain float weights."""
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None:
+        method = quantization.get("quant_method") if isinstance(quantization, Mapping) else getattr(
+            quantization, "quant_method", None)
+        if str(getattr(method, "value", method)).lower() == "gguf":
+            del config.quantization_config
+    return config
 
 
 def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
@@ -126,7 +150,7 @@ def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp.", dir=folder.parent))
         try:
             tokenizer.save_pretrained(str(tmp))
-            model.config.save_pretrained(str(tmp))
+            _without_gguf_quantization(copy.deepcopy(model.config)).save_pretrained(str(tmp))
             model.generation_config.save_pretrained(str(tmp))
             # save_model drops tied duplicates (Gemma ties lm_head to the embeddings)
             save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -175,6 +199,8 @@ class TransformersBackend:
         dtype: torch dtype name; None = ``model_dtype`` on GPU, float32 on CPU.
         batch_size: sequences per ``generate`` call.
         cache_dir: where converted GGUF models are cached (None: no cache).
+        num_threads: torch's intra-op CPU threads for this process (None: torch's default, one
+            per core). On a CPU shared with other jobs, fewer threads than cores is much faster.
         model, tokenizer, processor: already loaded objects (tests, benchmarks): skip loading.
     """
 
@@ -194,6 +220,7 @@ class TransformersBackend:
         batch_size: int = 8,
         cache_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
+        num_threads: int | None = None,
         model: Any = None,
         tokenizer: Any = None,
         processor: Any = None,
@@ -204,6 +231,15 @@ class TransformersBackend:
             raise BackendError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
         if gguf and vision:
             raise BackendError("GGUF models load text-only here; set mllm.vision=false or drop mllm.gguf")
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise BackendError(
+                    f"reason.transformers.num_threads must be a positive integer or null (torch's "
+                    f"default), got {num_threads!r}"
+                )
+            # before loading: dequantising and converting weights use these threads too
+            torch.set_num_threads(int(num_threads))
+            log.info("torch intra-op threads: %d", torch.get_num_threads())
         self.identity = identity
         self.supports_images = vision
         self.chat_format = chat_format
