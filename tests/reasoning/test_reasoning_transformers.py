@@ -272,9 +272,9 @@ def test_reason_transformers_num_threads_reaches_the_backend(tmp_path, reason_cf
         torch.set_num_threads(before)
 
 
-def test_gguf_conversion_is_cached_and_reloaded_as_plain_float_weights(tmp_path, monkeypatch) -> None:
+def test_gguf_conversion_is_cached_and_reloaded(tmp_path, monkeypatch) -> None:
     """The GGUF reader (a minute or more per parse) runs once per file content; later loads come
-    from the converted folder, whose config no longer claims GGUF quantisation."""
+    from the converted folder, with the same weights and tokenizer."""
     import transformers
 
     from mllmrec.reasoning.backends.transformers_backend import load_gguf_model
@@ -283,23 +283,16 @@ def test_gguf_conversion_is_cached_and_reloaded_as_plain_float_weights(tmp_path,
     real_tokenizer = transformers.AutoTokenizer.from_pretrained
     real_model = transformers.AutoModelForCausalLM.from_pretrained
 
-    def gguf_model():
-        tokenizer, model = tiny_gemma()
-        # what transformers' GGUF loader leaves on the dequantised model
-        model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "tiny.gguf",
-                                            "dequantize": False}
-        return tokenizer, model
-
     def fake_tokenizer(name, *args, **kwargs):
         if kwargs.get("gguf_file"):
             reads.append("tokenizer")
-            return gguf_model()[0]
+            return tiny_gemma()[0]
         return real_tokenizer(name, *args, **kwargs)
 
     def fake_model(name, *args, **kwargs):
         if kwargs.get("gguf_file"):
             reads.append("model")
-            return gguf_model()[1]
+            return tiny_gemma()[1]
         return real_model(name, *args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tokenizer)
@@ -310,29 +303,17 @@ def test_gguf_conversion_is_cached_and_reloaded_as_plain_float_weights(tmp_path,
 
     tokenizer, model = load_gguf_model(gguf, cache)
     assert reads == ["tokenizer", "model"]
-    (folder,) = [p for p in cache.iterdir() if p.is_dir()]  # beside it: the writers' lock file
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    assert model.config.quantization_config["quant_method"] == "gguf"  # the live model is untouched
-
     tokenizer2, model2 = load_gguf_model(gguf, cache)
     assert reads == ["tokenizer", "model"]  # from the folder: no second GGUF parse
-    assert getattr(model2.config, "quantization_config", None) is None
+    assert model2 is not model
     reference = model.state_dict()
     assert set(model2.state_dict()) == set(reference)
     assert all(torch.equal(t, reference[name]) for name, t in model2.state_dict().items())
     text = "<start_of_turn>user\nw1 w2<end_of_turn>\n"
     assert tokenizer2(text)["input_ids"] == tokenizer(text)["input_ids"]
 
-    # a folder written before the config was cleaned still loads as plain floats
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
-    (folder / "config.json").write_text(json.dumps(config))
-    _, model3 = load_gguf_model(gguf, cache)
-    assert getattr(model3.config, "quantization_config", None) is None
-    assert all(torch.equal(t, reference[name]) for name, t in model3.state_dict().items())
-
     # other file content: a new conversion, beside the first
     gguf.write_bytes(b"GGUF stand-in, version 2")
     load_gguf_model(gguf, cache)
     assert reads == ["tokenizer", "model"] * 2
-    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # beside them: the writers' lock files

@@ -10,8 +10,6 @@ Three ways to load a model, picked by the mllm config:
   converted tokenizer, config and float weights are cached once in a plain Hugging Face folder
   under ``cache_dir`` keyed by the file's sha256 and the transformers version; later loads take
   seconds. (``save_pretrained`` refuses GGUF-loaded models, hence safetensors' ``save_model``.)
-  The folder's config drops the GGUF ``quantization_config``: its weights are plain floats, and
-  readers of the folder (transformers, vLLM) must not treat it as a GGUF checkpoint.
 * ``vision: true``: ``AutoProcessor`` + ``AutoModelForImageTextToText``; prompts through the
   processor's chat template with the image as an ``image`` content part.
 * otherwise: ``AutoTokenizer`` + ``AutoModelForCausalLM`` with the tokenizer's chat template.
@@ -29,7 +27,6 @@ the last position only, so a prompt's length costs only its transformer layers.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import importlib.resources
@@ -117,26 +114,12 @@ def load_gguf_model(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
 
 def _load_folder(folder: Path) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("loading the converted GGUF model from %s", folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    # folders written before the config was cleaned still name the GGUF quantisation
-    config = _without_gguf_quantization(AutoConfig.from_pretrained(str(folder)))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     return tokenizer, model
-
-
-def _without_gguf_quantization(config: Any) -> Any:
-    """``config`` without the GGUF ``quantization_config`` that the GGUF loader attaches: the
-    converted folder holds plain float weights."""
-    quantization = getattr(config, "quantization_config", None)
-    if quantization is not None:
-        method = quantization.get("quant_method") if isinstance(quantization, Mapping) else getattr(
-            quantization, "quant_method", None)
-        if str(getattr(method, "value", method)).lower() == "gguf":
-            del config.quantization_config
-    return config
 
 
 def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
@@ -150,7 +133,7 @@ def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp.", dir=folder.parent))
         try:
             tokenizer.save_pretrained(str(tmp))
-            _without_gguf_quantization(copy.deepcopy(model.config)).save_pretrained(str(tmp))
+            model.config.save_pretrained(str(tmp))
             model.generation_config.save_pretrained(str(tmp))
             # save_model drops tied duplicates (Gemma ties lm_head to the embeddings)
             save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
