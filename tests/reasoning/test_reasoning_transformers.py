@@ -14,6 +14,7 @@ from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
 from mllmrec.reasoning.backends.base import ImagePart, Message, Request, Sampling
 from mllmrec.reasoning.backends.transformers_backend import TransformersBackend, gemma_prompt
+from reasoning_helpers import TINY_WORDS, tiny_gemma
 
 
 class Recording:
@@ -161,35 +162,6 @@ def test_missing_chat_template_or_processor_is_a_clear_error() -> None:
         TransformersBackend("m@main", device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
     with pytest.raises(BackendError, match="needs its processor"):
         TransformersBackend("m@main", vision=True, device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
-
-
-# -- a tiny random Gemma 3 (real architecture and generate(), 5k parameters) ------------------------
-TINY_WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "user", "model",
-              *(f"w{i}" for i in range(40))]
-
-
-def tiny_gemma(seed: int = 0):
-    """(tokenizer, Gemma3ForCausalLM) with Gemma's special tokens and whitespace-split words.
-
-    The tokenizer adds ``<bos>`` like Gemma's; ``<end_of_turn>`` is id 5, ``<eos>`` id 1.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
-
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-    )
-    config = Gemma3TextConfig(
-        vocab_size=len(TINY_WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    return tokenizer, Gemma3ForCausalLM(config).eval()
 
 
 def greedy_without_cache(model, input_ids: list[int], max_tokens: int, stop: set[int]) -> list[int]:
