@@ -175,7 +175,7 @@ def run_vllm(python: str, spec: dict, work: Path, threads: int) -> dict:
            "VLLM_CACHE_ROOT": str(work / "vllm-cache"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     if threads > 0:
         env.update(VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS=str(threads))
-    print(f"starting vLLM under {python} (engine start: ~1 min on 2 cores)", file=sys.stderr, flush=True)
+    print(f"starting vLLM under {python} (engine start: 1-2 min on 2 busy cores)", file=sys.stderr, flush=True)
     done = subprocess.run([python, str(Path(__file__).resolve()), "--vllm-worker", str(spec_path), str(out_path)],
                           env=env, check=False)
     if done.returncode != 0 or not out_path.is_file():
@@ -205,7 +205,9 @@ def vllm_worker(spec_path: str, out_path: str) -> None:
         wall = time.perf_counter() - t0
         # the stop token ends a generation and is not part of it (as in the transformers backend)
         tokens = [[t for t in o.outputs[0].token_ids if t not in stop] for o in outputs]
-        rows.append({"width": width, "wall_s": wall, "load_average": load, "tokens": tokens})
+        finished = [o.outputs[0].finish_reason for o in outputs]
+        rows.append({"width": width, "wall_s": wall, "load_average": load, "tokens": tokens,
+                     "errors": sum(f not in ("stop", "length") for f in finished)})
     import vllm
 
     result = {"load_s": load_s, "rows": rows, "vllm": vllm.__version__}
@@ -240,7 +242,7 @@ def compare_with_vllm(backend, requests: list, widths: list[int], args, work: Pa
         texts = [backend.tokenizer.decode(t, skip_special_tokens=True) for t in r["tokens"]]
         same = sum(a.text == b for a, b in zip(t_outputs[r["width"]], texts))
         row = rates(r["width"], len(requests), r["wall_s"], prompt_tokens, sum(len(t) for t in r["tokens"]))
-        rows.append({"engine": f"vLLM {result['vllm']}", **row, "errors": 0, "load_average": r["load_average"],
+        rows.append({"engine": f"vLLM {result['vllm']}", **row, "errors": r["errors"], "load_average": r["load_average"],
                      "same_as_transformers": f"{same}/{len(requests)}", "load_s": round(result["load_s"], 1),
                      "threads": threads or "vLLM's binding"})
         print(json.dumps(rows[-1]), flush=True)

@@ -7,11 +7,14 @@ import importlib.util
 import json
 
 import torch
+from reasoning_helpers import REPO, tiny_gemma
 from safetensors import safe_open
 
 from mllmrec.reasoning.backends.base import Message, Request, Sampling
-from mllmrec.reasoning.backends.transformers_backend import TransformersBackend, gemma_prompt
-from reasoning_helpers import REPO, tiny_gemma
+from mllmrec.reasoning.backends.transformers_backend import (
+    TransformersBackend,
+    gemma_prompt,
+)
 
 
 def load_bench():

@@ -9,12 +9,15 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from reasoning_helpers import TINY_WORDS, tiny_gemma
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
 from mllmrec.reasoning.backends.base import ImagePart, Message, Request, Sampling
-from mllmrec.reasoning.backends.transformers_backend import TransformersBackend, gemma_prompt
-from reasoning_helpers import TINY_WORDS, tiny_gemma
+from mllmrec.reasoning.backends.transformers_backend import (
+    TransformersBackend,
+    gemma_prompt,
+)
 
 
 class Recording:
@@ -132,9 +135,10 @@ class FakeVisionModel(torch.nn.Module):
 
 
 def test_vision_path_uses_the_processor_chat_template_with_images() -> None:
-    from PIL import Image
     import hashlib
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGBA", (4, 4), (10, 20, 30, 255)).save(buf, format="PNG")
