@@ -223,6 +223,7 @@ class TransformersOptions:
     batch_size: int
     cache_dir: Path | None  # converted GGUF models; None = no cache
     trust_remote_code: bool
+    num_threads: int | None  # torch intra-op threads; None = torch's default (1 on a shared CPU)
 
     @classmethod
     def from_node(cls, n: _Node) -> "TransformersOptions":
@@ -231,6 +232,7 @@ class TransformersOptions:
             device=n.str("device"), dtype=n.opt_str("dtype"), batch_size=n.int("batch_size", 1),
             cache_dir=Path(os.path.expanduser(cache_dir)) if cache_dir else None,
             trust_remote_code=n.bool("trust_remote_code"),
+            num_threads=n.opt_int("num_threads", 1),
         )
 
 
