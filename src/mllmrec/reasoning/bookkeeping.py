@@ -105,6 +105,7 @@ def _tables(state: RunState, store: GenerationStore) -> dict[str, pd.DataFrame]:
         "description": state.descriptions,
     })
     chosen = set(state.users)
+    records = store.get_many(state.profile_keys.values())
     profiles, statuses, n_used = [], [], []
     for user in range(state.n_users):
         key = state.profile_keys.get(user)
@@ -113,7 +114,7 @@ def _tables(state: RunState, store: GenerationStore) -> dict[str, pd.DataFrame]:
         elif key is None:
             profiles.append(""), statuses.append(NO_HISTORY), n_used.append(0)
         else:
-            record = store.get(key)
+            record = records.get(key)
             ok = record is not None and record.ok
             profiles.append(clean_text(record.text) if ok else "")
             statuses.append(OK if ok else FAILED)
@@ -145,8 +146,9 @@ def _summary(state: RunState, store: GenerationStore, image_df: pd.DataFrame,
     s, mllm, stats, seconds = state.settings, state.settings.mllm, state.stats, state.seconds
     failures, lengths, refusals = [], {"image": [], "profile": []}, Counter()
     for kind, keys in (("image", state.image_keys), ("profile", state.profile_keys)):
+        records = store.get_many(keys.values())
         for ref, key in sorted(keys.items()):
-            record = store.get(key)
+            record = records.get(key)
             if record is None:
                 continue
             if record.ok:
