@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mllmrec.cache import atomic_path
@@ -140,13 +141,14 @@ class GenerationStore:
         self.compact_every = int(compact_every)
         self.max_segments = int(max_segments)
         self._index = _Index.empty()
+        self._pending: list[_Index] = []  # resolved winners not yet merged into the index
         self._names: list[str] = []  # shard names known to this store, by id
         self._ids: dict[str, int] = {}
         self._rank: np.ndarray | None = None  # rank of each shard id's name in sorted order
         self._segments: set[str] = set()  # segment files merged into the index
         self._uncovered: dict[str, None] = {}  # known shards no segment covers (an ordered set)
         self._covered: set[str] = set()
-        self._frames: OrderedDict[str, dict[str, list]] = OrderedDict()  # recently read shards' columns
+        self._tables: OrderedDict[str, pa.Table] = OrderedDict()  # recently read shards
         self._seq = 0
 
     # -- shard ids and order --------------------------------------------------------------------
@@ -166,11 +168,14 @@ class GenerationStore:
         return self._rank
 
     # -- index building -------------------------------------------------------------------------
-    def _resolve(self, digest: np.ndarray, shard: np.ndarray, row: np.ndarray, ok: np.ndarray) -> _Index:
-        """Sorted winners of arbitrary (possibly repeated) entries."""
+    def _resolve(self, digest: np.ndarray, shard: np.ndarray, row: np.ndarray, ok: np.ndarray,
+                 one_shard: bool = False) -> _Index:
+        """Sorted winners of arbitrary (possibly repeated) entries (``one_shard``: all from one shard,
+        so rows alone order them and the shard ranks need no update)."""
         if len(digest) == 0:
             return _Index.empty()
-        pref = _preference(self._ranks()[shard], row, ok)
+        rank = np.zeros(len(digest), np.int64) if one_shard else self._ranks()[shard]
+        pref = _preference(rank, row, ok)
         order = np.lexsort((pref, digest))
         digest = digest[order]
         first = np.ones(len(digest), bool)
@@ -179,9 +184,19 @@ class GenerationStore:
         return _Index(digest[first], shard[keep].astype(np.int32), row[keep].astype(np.int32), ok[keep])
 
     def _merge(self, new: _Index) -> None:
-        """Merge resolved winners ``new`` into the store's index (per-key preference minimum)."""
-        if len(new) == 0:
+        """Queue resolved winners ``new`` for the index; folded in before the next lookup, so a
+        writer appending many chunks pays one O(index) insert per fold, not per chunk."""
+        if len(new):
+            self._pending.append(new)
+
+    def _fold(self) -> None:
+        """Merge the queued winners into the index (per-key preference minimum)."""
+        if not self._pending:
             return
+        parts, self._pending = self._pending, []
+        new = parts[0] if len(parts) == 1 else self._resolve(
+            np.concatenate([p.digest for p in parts]), np.concatenate([p.shard for p in parts]),
+            np.concatenate([p.row for p in parts]), np.concatenate([p.ok for p in parts]))
         old = self._index
         if len(old) == 0:
             self._index = new
@@ -264,6 +279,7 @@ class GenerationStore:
         """
         if len(self._uncovered) >= self.compact_every:
             names = list(self._uncovered)
+            self._fold()
             idx = self._index
             mask = np.isin(idx.shard, np.array([self._ids[n] for n in names], np.int32))
             self._write_segment(names, _Index(idx.digest[mask], idx.shard[mask], idx.row[mask], idx.ok[mask]))
@@ -273,6 +289,7 @@ class GenerationStore:
         if len(on_disk) > self.max_segments:
             # the index holds the winners over every shard this store knows: one segment replaces
             # the ones it has merged (segments it has not seen yet stay)
+            self._fold()
             merged = self._write_segment(self._names, self._index)
             for name in on_disk:
                 with contextlib.suppress(FileNotFoundError):
@@ -317,6 +334,7 @@ class GenerationStore:
     def get_many(self, keys: Iterable[str]) -> dict[str, Record]:
         """The winning record of each key that has one (one read per shard involved)."""
         keys = list(dict.fromkeys(keys))
+        self._fold()
         if not keys or len(self._index) == 0:
             return {}
         pos, found = self._index.find(key_digests(keys))
@@ -325,30 +343,30 @@ class GenerationStore:
             by_shard.setdefault(int(self._index.shard[p]), []).append((key, int(self._index.row[p])))
         out = {}
         for sid, wanted in by_shard.items():
-            frame = self._frame(self._names[sid])
-            for key, row in wanted:
-                record = _record(frame, row)
+            rows = self._table(self._names[sid]).take(pa.array([row for _, row in wanted], pa.int64()))
+            for (key, _), values in zip(wanted, rows.to_pylist()):
+                record = _record(values)
                 if record.key != key:  # a digest collision would land here: never silently wrong
                     raise RuntimeError(f"generation index of {self.root} points {key!r} at a record of "
                                        f"{record.key!r}; delete {self.index_dir} to rebuild it")
                 out[key] = record
         return out
 
-    def _frame(self, name: str) -> dict[str, list]:
-        """A shard's columns as lists (a few recent shards are kept: lookups come in runs)."""
-        frame = self._frames.get(name)
-        if frame is None:
+    def _table(self, name: str) -> pa.Table:
+        """A shard's records (a few recent shards are kept: lookups come in runs)."""
+        table = self._tables.get(name)
+        if table is None:
             table = pq.read_table(self.shards / name, columns=RECORD_COLUMNS)
-            frame = {c: table.column(c).to_pylist() for c in RECORD_COLUMNS}
-            self._frames[name] = frame
-            if len(self._frames) > 8:
-                self._frames.popitem(last=False)
+            self._tables[name] = table
+            if len(self._tables) > 8:
+                self._tables.popitem(last=False)
         else:
-            self._frames.move_to_end(name)
-        return frame
+            self._tables.move_to_end(name)
+        return table
 
     def _status(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Whether each key has a record and whether that record is a success. Shapes: (n,), (n,)."""
+        self._fold()
         pos, found = self._index.find(key_digests(keys))
         ok = np.zeros(len(keys), bool)
         ok[found] = self._index.ok[pos[found]]
@@ -378,42 +396,49 @@ class GenerationStore:
         """Publish ``records`` as one new shard file (atomically) and index them."""
         if not records:
             return None
+        frame = pd.DataFrame([asdict(r) for r in records], columns=RECORD_COLUMNS)
+        frame = frame.astype({"ref": "int64", "n_tokens": "int64", "created": "float64"})
+        return self._publish(frame, [r.key for r in records], np.array([r.ok for r in records], bool))
+
+    def _publish(self, frame: pd.DataFrame | pa.Table, keys: Sequence[str], ok: np.ndarray) -> Path:
+        """Write one shard (rows in ``RECORD_COLUMNS`` order; ``keys``/``ok`` its key and status
+        columns) atomically, then index it. Shapes: ``ok`` (rows,) bool."""
         self._seq += 1
         # sortable by time first so that "first success" means the earliest written one
         name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.shards / name
-        frame = pd.DataFrame([asdict(r) for r in records], columns=RECORD_COLUMNS)
-        frame = frame.astype({"ref": "int64", "n_tokens": "int64", "created": "float64"})
         with atomic_path(path) as tmp:
-            frame.to_parquet(tmp, index=False)
+            if isinstance(frame, pa.Table):
+                pq.write_table(frame, tmp)
+            else:
+                frame.to_parquet(tmp, index=False)
         sid = self._shard_id(name)
-        self._merge(self._resolve(key_digests(r.key for r in records), np.full(len(records), sid, np.int32),
-                                  np.arange(len(records), dtype=np.int32),
-                                  np.array([r.ok for r in records], bool)))
+        self._merge(self._resolve(key_digests(keys), np.full(len(keys), sid, np.int32),
+                                  np.arange(len(keys), dtype=np.int32), ok, one_shard=True))
         self._uncovered[name] = None
         self._compact()
         return path
 
     def records(self) -> dict[str, Record]:
         """Every key's winning record (reads every shard: for inspection and small stores)."""
+        self._fold()
         out: dict[str, Record] = {}
         for sid in np.unique(self._index.shard).tolist():
-            name = self._names[sid]
-            frame = self._frame(name)
             rows = self._index.row[self._index.shard == sid]
-            for row in rows.tolist():
-                record = _record(frame, row)
+            table = pq.read_table(self.shards / self._names[sid], columns=RECORD_COLUMNS)
+            for values in table.take(pa.array(rows, pa.int64())).to_pylist():
+                record = _record(values)
                 out[record.key] = record
         return out
 
     def __len__(self) -> int:
+        self._fold()
         return len(self._index)
 
 
-def _record(frame: dict[str, list], row: int) -> Record:
-    error = frame["error"][row]
-    return Record(key=frame["key"][row], kind=frame["kind"][row], ref=int(frame["ref"][row]),
-                  status=frame["status"][row], text=frame["text"][row], n_tokens=int(frame["n_tokens"][row]),
-                  finish_reason=frame["finish_reason"][row],
+def _record(values: dict) -> Record:
+    error = values["error"]
+    return Record(key=values["key"], kind=values["kind"], ref=int(values["ref"]), status=values["status"],
+                  text=values["text"], n_tokens=int(values["n_tokens"]), finish_reason=values["finish_reason"],
                   error=None if error is None or (isinstance(error, float) and np.isnan(error)) else error,
-                  backend=frame["backend"][row], created=float(frame["created"][row]))
+                  backend=values["backend"], created=float(values["created"]))
