@@ -364,6 +364,20 @@ class GenerationStore:
             self._tables.move_to_end(name)
         return table
 
+    def locations(self, keys: Sequence[str]) -> list[str]:
+        """``<shard name>:<row>`` of each key's winning record (``""`` when it has none): which
+        records a set of keys resolves to, without reading them."""
+        keys = list(keys)
+        self._fold()
+        if not keys:
+            return []
+        pos, found = self._index.find(key_digests(keys))
+        out = [""] * len(keys)
+        for i in np.flatnonzero(found).tolist():
+            p = pos[i]
+            out[i] = f"{self._names[int(self._index.shard[p])]}:{int(self._index.row[p])}"
+        return out
+
     def _status(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Whether each key has a record and whether that record is a success. Shapes: (n,), (n,)."""
         self._fold()
