@@ -193,7 +193,12 @@ class GenerationStore:
         """Merge the queued winners into the index (per-key preference minimum)."""
         if not self._pending:
             return
-        parts, self._pending = self._pending, []
+        parts, self._pending = sorted(self._pending, key=len, reverse=True), []
+        if len(self._index) == 0:  # opening: the largest segment becomes the index as it is
+            self._index = parts.pop(0)
+            if not parts:
+                return
+        # re-sorting only the small parts keeps opening a 10M store at one copy of its index
         new = parts[0] if len(parts) == 1 else self._resolve(
             np.concatenate([p.digest for p in parts]), np.concatenate([p.shard for p in parts]),
             np.concatenate([p.row for p in parts]), np.concatenate([p.ok for p in parts]))
@@ -341,10 +346,24 @@ class GenerationStore:
         by_shard: dict[int, list[tuple[str, int]]] = {}
         for key, p in zip((k for k, f in zip(keys, found) if f), pos[found].tolist()):
             by_shard.setdefault(int(self._index.shard[p]), []).append((key, int(self._index.row[p])))
+        def rows_of(sid: int) -> list[dict]:
+            rows = pa.array([row for _, row in by_shard[sid]], pa.int64())
+            return self._table(self._names[sid]).take(rows).to_pylist()
+
+        if len(by_shard) > 16:  # keys spread over many shards: parquet reads overlap in threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            def read(sid: int) -> list[dict]:  # not through the shared cache: threads
+                rows = pa.array([row for _, row in by_shard[sid]], pa.int64())
+                return pq.read_table(self.shards / self._names[sid], columns=RECORD_COLUMNS).take(rows).to_pylist()
+
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+                values_by_shard = dict(zip(by_shard, pool.map(read, by_shard)))
+        else:
+            values_by_shard = {sid: rows_of(sid) for sid in by_shard}
         out = {}
         for sid, wanted in by_shard.items():
-            rows = self._table(self._names[sid]).take(pa.array([row for _, row in wanted], pa.int64()))
-            for (key, _), values in zip(wanted, rows.to_pylist()):
+            for (key, _), values in zip(wanted, values_by_shard[sid]):
                 record = _record(values)
                 if record.key != key:  # a digest collision would land here: never silently wrong
                     raise RuntimeError(f"generation index of {self.root} points {key!r} at a record of "
