@@ -85,6 +85,7 @@ def test_encoder_config_keys_map_to_the_spec_and_devices_are_not_in_the_cache_ke
 
     from mllmrec.errors import ConfigError
     from mllmrec.train.checks import build_spec
+
     from train_helpers import CONF
 
     GlobalHydra.instance().clear()

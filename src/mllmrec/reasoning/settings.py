@@ -262,7 +262,7 @@ def _in_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _shard_wait_s(reason: "_Node", num_shards: int) -> float:
+def _shard_wait_s(reason: _Node, num_shards: int) -> float:
     """``reason.shard_wait_s``; null = 0 (a shard alone stops, exit 3, when others' work is
     missing) except for the shards of a multirun, which wait for each other (they run as
     separate jobs of one launch, so the last one to complete the set merges)."""

@@ -100,7 +100,7 @@ class _Index:
     ok: np.ndarray
 
     @staticmethod
-    def empty() -> "_Index":
+    def empty() -> _Index:
         return _Index(np.empty(0, _DIGEST), np.empty(0, np.int32), np.empty(0, np.int32),
                       np.empty(0, bool))
 
