@@ -136,3 +136,20 @@ def test_done_many_follows_the_retry_rule(tmp_path: Path) -> None:
     store.append([rec("good"), rec("bad", "failed")])
     assert store.done_many(["good", "bad", "none"]).tolist() == [True, True, False]
     assert store.done_many(["good", "bad", "none"], retry_failed=True).tolist() == [True, False, False]
+
+
+def test_a_corrupt_indexed_shard_is_moved_aside_when_read_and_its_keys_made_again(tmp_path: Path) -> None:
+    writer = GenerationStore(tmp_path, compact_every=1)  # every shard covered by a segment at once
+    writer.append([rec("a"), rec("b")])
+    bad = writer.append([rec("c"), rec("d")])
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated after it was indexed
+    reader = GenerationStore(tmp_path, compact_every=1)
+    reader.refresh()
+    assert reader.missing(["a", "c"]) == []  # the index alone cannot know yet
+    got = reader.get_many(["a", "b", "c", "d"])
+    assert sorted(got) == ["a", "b"] and reader.missing(["a", "c", "d"]) == ["c", "d"]
+    assert not bad.exists() and list(bad.parent.glob(f"{bad.name}.corrupt-*"))
+    # a later run's open forgets the shard that is gone, so those keys are generated again
+    rerun = GenerationStore(tmp_path, compact_every=1)
+    rerun.refresh()
+    assert rerun.missing(["a", "b", "c", "d"]) == ["c", "d"] and rerun.get("b").text == "t"

@@ -4,7 +4,9 @@ Each completed chunk of generations becomes one small parquet file under ``<dir>
 written to a temp name and renamed into place, so a file is either complete or absent: a process
 killed at any moment loses at most the chunk it was working on, and a rerun regenerates exactly
 the keys that have no record. Readers take every shard (temp files start with ``.`` and are
-ignored), and when one key has several records (two processes raced, or a failure was retried)
+ignored; a corrupt one, e.g. truncated by a disk error, is moved aside with a warning when it is
+read and its keys count as missing, so they are generated again; a shard that disappeared is
+forgotten at the next ``refresh``), and when one key has several records (two processes raced, or a failure was retried)
 the first successful one in shard-name order (names start with the write time) wins, else the
 latest failure: the result does not depend on the order in which a reader saw the files.
 
@@ -40,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mllmrec.cache import atomic_path
+from mllmrec.cache import atomic_path, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,7 @@ class GenerationStore:
         self._segments: set[str] = set()  # segment files merged into the index
         self._uncovered: dict[str, None] = {}  # known shards no segment covers (an ordered set)
         self._covered: set[str] = set()
+        self._gone: set[str] = set()  # shards moved aside (corrupt) or deleted: their entries dropped
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()  # recently read shards
         self._seq = 0
 
@@ -223,11 +226,29 @@ class GenerationStore:
                                  np.insert(old.row, where, new.row[fresh]),
                                  np.insert(old.ok, where, new.ok[fresh]))
 
+    def _forget(self, names: Iterable[str]) -> None:
+        """Drop the index entries of shards that are gone; their keys count as missing (records of
+        the same keys in other shards, which had lost to these, come back on a fresh open)."""
+        names = set(names)
+        self._gone |= names
+        for name in names:
+            self._uncovered.pop(name, None)
+        ids = np.array([self._ids[n] for n in names if n in self._ids], np.int32)
+        self._fold()
+        keep = ~np.isin(self._index.shard, ids)
+        if not keep.all():
+            idx = self._index
+            self._index = _Index(idx.digest[keep], idx.shard[keep], idx.row[keep], idx.ok[keep])
+
     def _read_shard_keys(self, names: Sequence[str]) -> _Index:
-        """Resolved winners of whole shard files, from their ``key`` and ``status`` columns only."""
+        """Resolved winners of whole shard files, from their ``key`` and ``status`` columns only
+        (a corrupt shard is moved aside and contributes nothing)."""
         digests, shards, rows, oks = [], [], [], []
         for name in names:
-            table = pq.read_table(self.shards / name, columns=["key", "status"])
+            table = _read_shard(self.shards / name, ["key", "status"])
+            if table is None:
+                self._gone.add(name)
+                continue
             keys = table.column("key").to_pylist()
             digests.append(key_digests(keys))
             shards.append(np.full(len(keys), self._shard_id(name), np.int32))
@@ -323,11 +344,16 @@ class GenerationStore:
                 shard_names, seg = loaded
                 self._merge(seg)
                 self._covered.update(shard_names)
-        new = [n for n in self._shard_files() if n not in self._covered and n not in self._uncovered]
+        listed = self._shard_files()
+        vanished = set(self._names) - set(listed) - self._gone
+        if vanished:  # moved aside or deleted since they were indexed: their keys are missing now
+            self._forget(vanished)
+        new = [n for n in listed if n not in self._covered and n not in self._uncovered]
         self._merge(self._read_shard_keys(new))
         for name in new:
-            self._shard_id(name)
-            self._uncovered[name] = None
+            if name not in self._gone:
+                self._shard_id(name)
+                self._uncovered[name] = None
         for name in [n for n in self._uncovered if n in self._covered]:
             del self._uncovered[name]
         self._compact()
@@ -346,23 +372,27 @@ class GenerationStore:
         by_shard: dict[int, list[tuple[str, int]]] = {}
         for key, p in zip((k for k, f in zip(keys, found) if f), pos[found].tolist()):
             by_shard.setdefault(int(self._index.shard[p]), []).append((key, int(self._index.row[p])))
-        def rows_of(sid: int) -> list[dict]:
+        def rows_of(sid: int, table: pa.Table | None) -> list[dict] | None:
             rows = pa.array([row for _, row in by_shard[sid]], pa.int64())
-            return self._table(self._names[sid]).take(rows).to_pylist()
+            return None if table is None else table.take(rows).to_pylist()
 
         if len(by_shard) > 16:  # keys spread over many shards: parquet reads overlap in threads
             from concurrent.futures import ThreadPoolExecutor
 
-            def read(sid: int) -> list[dict]:  # not through the shared cache: threads
-                rows = pa.array([row for _, row in by_shard[sid]], pa.int64())
-                return pq.read_table(self.shards / self._names[sid], columns=RECORD_COLUMNS).take(rows).to_pylist()
+            def read(sid: int) -> list[dict] | None:  # not through the shared cache: threads
+                return rows_of(sid, _read_shard(self.shards / self._names[sid], RECORD_COLUMNS))
 
             with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
                 values_by_shard = dict(zip(by_shard, pool.map(read, by_shard)))
         else:
-            values_by_shard = {sid: rows_of(sid) for sid in by_shard}
+            values_by_shard = {sid: rows_of(sid, self._table(self._names[sid])) for sid in by_shard}
+        unreadable = [self._names[sid] for sid, values in values_by_shard.items() if values is None]
+        if unreadable:
+            self._forget(unreadable)
         out = {}
         for sid, wanted in by_shard.items():
+            if values_by_shard[sid] is None:
+                continue
             for (key, _), values in zip(wanted, values_by_shard[sid]):
                 record = _record(values)
                 if record.key != key:  # a digest collision would land here: never silently wrong
@@ -371,11 +401,13 @@ class GenerationStore:
                 out[key] = record
         return out
 
-    def _table(self, name: str) -> pa.Table:
-        """A shard's records (a few recent shards are kept: lookups come in runs)."""
+    def _table(self, name: str) -> pa.Table | None:
+        """A shard's records (a few recent shards are kept: lookups come in runs); None when corrupt."""
         table = self._tables.get(name)
         if table is None:
-            table = pq.read_table(self.shards / name, columns=RECORD_COLUMNS)
+            table = _read_shard(self.shards / name, RECORD_COLUMNS)
+            if table is None:
+                return None
             self._tables[name] = table
             if len(self._tables) > 8:
                 self._tables.popitem(last=False)
@@ -458,7 +490,9 @@ class GenerationStore:
         out: dict[str, Record] = {}
         for sid in np.unique(self._index.shard).tolist():
             rows = self._index.row[self._index.shard == sid]
-            table = pq.read_table(self.shards / self._names[sid], columns=RECORD_COLUMNS)
+            table = _read_shard(self.shards / self._names[sid], RECORD_COLUMNS)
+            if table is None:
+                continue
             for values in table.take(pa.array(rows, pa.int64())).to_pylist():
                 record = _record(values)
                 out[record.key] = record
@@ -467,6 +501,24 @@ class GenerationStore:
     def __len__(self) -> int:
         self._fold()
         return len(self._index)
+
+
+def _read_shard(path: Path, columns: Sequence[str]) -> pa.Table | None:
+    """``columns`` of one shard; None when it vanished or is corrupt (truncated, garbled, or missing
+    a record column), in which case it is moved aside as ``<name>.corrupt-<time>`` with a warning."""
+    try:
+        shard = pq.ParquetFile(path)
+        missing = set(RECORD_COLUMNS) - set(shard.schema_arrow.names)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} missing")
+        return shard.read(columns=list(columns))
+    except FileNotFoundError:  # moved aside by another reader meanwhile
+        return None
+    except (MemoryError, PermissionError):
+        raise
+    except Exception as err:  # noqa: BLE001  (pyarrow raises its own types for a bad file)
+        quarantine(path, f"{type(err).__name__}: {err}")
+        return None
 
 
 def _record(values: dict) -> Record:
