@@ -42,7 +42,10 @@ def main(cfg: DictConfig) -> str:
         # not a crash: this shard finished its part; a rerun (or the last shard) will merge
         log.warning("%s", pending)
         sys.exit(EXIT_SHARDS_PENDING)
-    log.info("tables and manifest written to %s", result.out_dir)
+    if result.merged:
+        log.info("tables and manifest written to %s", result.out_dir)
+    else:  # another shard of this run wrote this exact set
+        log.info("tables and manifest already up to date in %s", result.out_dir)
     return str(result.out_dir)
 
 

