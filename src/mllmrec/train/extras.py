@@ -38,7 +38,15 @@ class LightningTipFilter(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Install the warning filters of :data:`LIGHTNING_NOISE` and the tip filter (idempotent)."""
+    """Install the warning filters of :data:`LIGHTNING_NOISE` and the tip filter, and drop Lightning's
+    own console handlers (idempotent).
+
+    Lightning adds console handlers to its loggers; the root handlers (Hydra's, which also write the
+    run's log file, or :func:`mllmrec.train.cli.setup_console_logging`) already print, so with
+    Lightning's every line would appear twice.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).handlers.clear()
     for pattern in LIGHTNING_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):

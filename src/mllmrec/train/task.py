@@ -131,13 +131,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule, model and trainer (for tests and notebooks).
     """
     validate_train_config(cfg)
-    quiet_lightning()  # tips and deprecations a user of this project cannot act on
+    quiet_lightning()  # its tips and deprecations, and its own console handlers (every line twice)
     # a checkpoint file or a run/job folder (its last.ckpt), checked before any data is loaded
     resume_from = str(resume_checkpoint(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
-    # Lightning adds its own console handlers; Hydra's root handlers already print (and write the
-    # run's log file), so drop Lightning's to avoid every line twice.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).handlers.clear()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
