@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     with exit_on_user_error(log):
         options, overrides = parse_cli(argv, {
             "run": None, "ckpt_path": None, "k": "20", "users": None, "output": None, "exclude_valid": True,
-            "export": None, "batch_size": "1024", "allow_config_change": False, "extras.print_config": False,
+            "export": None, "batch_size": "1024", "allow_config_change": False, "extras.print_config": True,
         }, usage)
         try:
             k, batch_size = int(options["k"]), int(options["batch_size"])

@@ -7,7 +7,6 @@ Torch-free (imported by ``train.py`` before it knows whether a finished job is s
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Sequence
 

@@ -124,10 +124,9 @@ def config_changes(trained: DictConfig, now: DictConfig) -> list[ConfigChange]:
     """Result-relevant keys whose resolved values differ between the two configs (sorted by key).
     Folders of ``paths`` are compared as placeholders (a moved data folder is the same data)."""
     before, after = (_flatten(result_config(c, EVALUATION_NEUTRAL_KEYS)) for c in (trained, now))
-    missing = object()
-    return [ConfigChange(k, before.get(k, missing) if k in before else "<absent>",
-                         after.get(k) if k in after else "<absent>")
-            for k in sorted(before.keys() | after.keys()) if before.get(k, missing) != after.get(k, missing)]
+    absent = "<absent>"
+    return [ConfigChange(k, before.get(k, absent), after.get(k, absent))
+            for k in sorted(before.keys() | after.keys()) if before.get(k, absent) != after.get(k, absent)]
 
 
 def resolve_run(run: str | Path | None, ckpt_path: str | Path | None) -> tuple[Path, Path]:
@@ -160,10 +159,10 @@ def checked_config(run_dir: Path, checkpoint: Path, overrides: Sequence[str],
     changes = config_changes(trained, cfg)
     if changes and not allow_config_change:
         listed = "\n  ".join(str(c) for c in changes)
-        raise ConfigError(f"checkpoint {checkpoint} was trained under other settings than the config it would "
-                          f"be loaded under ({trained_dir} vs {'overrides ' + ' '.join(overrides) if overrides else run_dir}):"
-                          f"\n  {listed}\nLoad it with its own settings, or pass allow_config_change=true to "
-                          "accept the difference.")
+        loaded_under = f"the config of {run_dir}" + (f" with {' '.join(overrides)}" if overrides else "")
+        raise ConfigError(f"checkpoint {checkpoint} was trained ({trained_dir}) under other settings than "
+                          f"{loaded_under}:\n  {listed}\nLoad it with its own settings, or pass "
+                          "allow_config_change=true to accept the difference.")
     for change in changes:
         log.warning("allowed config change (allow_config_change=true): %s", change)
     return cfg, changes
