@@ -85,3 +85,16 @@ def test_recommend_a_job_folder_to_csv(sweep):
     frame = pd.read_csv(root / "top.csv")
     assert len(frame) == 160 * 5 and set(frame["rank"]) == {1, 2, 3, 4, 5}
     assert frame["item"].str.startswith("D").all() and frame["title"].notna().all()
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("evaluate.py", ["run=/nonexistent"], "run=/nonexistent: no such folder"),
+    ("evaluate.py", [], "name what to load: run=<run folder>"),
+    ("recommend.py", ["oops"], "unexpected argument 'oops'"),
+    ("recommend.py", ["run=/nonexistent", "k=x"], "k=x / batch_size=1024: integers expected"),
+])
+def test_user_errors_of_evaluate_and_recommend_are_one_message_and_exit_2(tmp_path, script, args, message):
+    result = run(script, *args, cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert out.count(message) == 1 and "Traceback" not in out, out
