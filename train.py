@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     import sys
 
-    from mllmrec.train.checkpoints import quote_path_overrides
+    from mllmrec.train.run_folder import quote_path_overrides
 
     # ckpt_path=<sweep job folder>/...: job folders are named like graph.alpha=0.5,graph.kc=5, which
     # Hydra's override grammar reads as a sweep unless quoted; quote it here so it works as typed

@@ -24,7 +24,7 @@ TORCH_FREE = [
     "mllmrec.train.objective",
     "mllmrec.train.job",
     "mllmrec.train.loggers",
-    "mllmrec.train.checkpoints",
+    "mllmrec.train.run_folder",
     "mllmrec.train.cli",
     "mllmrec.train.extras",
     "mllmrec.train.restore",

@@ -36,10 +36,10 @@ def test_lightning_noise_is_filtered_by_message_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_lightning()
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`")
-        warnings.warn("The 'val_dataloader' does not have many workers which may be a bottleneck.")
-        warnings.warn("The number of training batches (1) is smaller than the logging interval Trainer(...)")
-        warnings.warn("something else is deprecated")  # any other warning still shows
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`", stacklevel=1)
+        warnings.warn("The 'val_dataloader' does not have many workers which may be a bottleneck.", stacklevel=1)
+        warnings.warn("The number of training batches (1) is smaller than the logging interval Trainer(...)", stacklevel=1)
+        warnings.warn("something else is deprecated", stacklevel=1)  # any other warning still shows
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
 
 

@@ -10,9 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from mllmrec.errors import ConfigError
-from mllmrec.train.checkpoints import best_checkpoint, quote_path_overrides, resume_checkpoint, run_dir_of_checkpoint
 from mllmrec.train.cli import parse_cli
 from mllmrec.train.restore import apply_overrides, config_changes, load_run_config, resolve_run
+from mllmrec.train.run_folder import best_checkpoint, quote_path_overrides, resume_checkpoint, run_dir_of_checkpoint
 
 SAVED = {
     "seed": 999, "ckpt_path": None, "task_name": "train",

@@ -2,7 +2,7 @@
 
 Used by ``evaluate.py`` and ``recommend.py`` (and :func:`mllmrec.recommend`). The config is the one the
 run was trained with (``<run>/.hydra/config.yaml``), optionally changed by ``key=value`` overrides;
-the checkpoint is the run's best (:func:`~mllmrec.train.checkpoints.best_checkpoint`) or a named file.
+the checkpoint is the run's best (:func:`~mllmrec.train.run_folder.best_checkpoint`) or a named file.
 A checkpoint is only loaded under the settings it was trained with: when the config evaluated under
 differs from the checkpoint's own run config in a result-relevant key (everything but
 :data:`~mllmrec.train.fingerprint.RESULT_NEUTRAL_KEYS`), that is a :class:`ConfigError` listing the
@@ -21,8 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mllmrec.errors import ConfigError
-from mllmrec.train.checkpoints import best_checkpoint, resume_checkpoint, run_dir_of_checkpoint, saved_config_path
 from mllmrec.train.fingerprint import result_config
+from mllmrec.train.run_folder import best_checkpoint, resume_checkpoint, run_dir_of_checkpoint, saved_config_path
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from mllmrec.errors import ConfigError
 from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
-from mllmrec.train.checkpoints import resume_checkpoint
+from mllmrec.train.run_folder import resume_checkpoint
 from mllmrec.train.checks import build_spec, validate_train_config
 from mllmrec.train.extras import quiet_lightning
 from mllmrec.metrics import evaluate_full_ranking
