@@ -21,7 +21,8 @@ def sweep(tmp_path_factory, encoded_data_dir):
     root = tmp_path_factory.mktemp("multirun")
     sweep_dir = root / "multirun" / "grid"
     args = ["-m", "hydra/launcher=gpus", "hydra.launcher.gpus=0", "hydra.launcher.cpu_workers=2",
-            f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={encoded_data_dir}", *FAST_JOB, *GRID]
+            f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={encoded_data_dir}", *FAST_JOB, *GRID,
+            "callbacks=tsne"]  # the opt-in t-SNE figure is checked below
     result = run_train(args, cwd=root)
     return root, sweep_dir, args, result
 

@@ -89,7 +89,7 @@ def test_offline_run_of_a_sweep_job_holds_metrics_table_and_figures(tmp_path, mo
     out = tmp_path / "sweep" / "graph.alpha=0.6"
     cfg = compose_train(
         [f"paths.data_dir={encoded_data_dir}", *SMALL_DEMO, "trainer.max_epochs=2", "logger=wandb",
-         "callbacks.progress_bar=null", "compare_popularity=false", "graph.alpha=0.6"],
+         "callbacks.progress_bar=null", "compare_popularity=false", "graph.alpha=0.6", "callbacks=tsne"],
         out, mode=RunMode.MULTIRUN, sweep__dir=str(tmp_path / "sweep"), job__override_dirname="graph.alpha=0.6",
     )
     with job_context(cfg):

@@ -19,7 +19,9 @@ from mllmrec.errors import ConfigError
 from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
+from mllmrec.train.run_folder import resume_checkpoint
 from mllmrec.train.checks import build_spec, validate_train_config
+from mllmrec.train.extras import quiet_lightning
 from mllmrec.metrics import evaluate_full_ranking
 from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.train.fingerprint import config_fingerprint
@@ -99,11 +101,21 @@ def best_validation(history: list[dict], metric: str) -> dict:
     return max(history, key=lambda rec: (rec[key], -rec["epoch"]))
 
 
-def _print_table(rows: dict[str, dict[str, float]]) -> None:
+def model_name(cfg: DictConfig) -> str:
+    """What a run's results are called: ``cfg.variant`` (experiment configs set it: BPR, w/o RS, ...)
+    when it was changed from the default, else the model class's name."""
+    variant = cfg.get("variant")
+    model_class = str(cfg.model._target_).rsplit(".", 1)[-1]
+    if variant and not (variant == "MLLMRec" and model_class != "MLLMRec"):
+        return str(variant)
+    return model_class
+
+
+def _print_table(rows: dict[str, dict[str, float]], title: str = "MLLMRec") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="MLLMRec results (MMRec full-ranking protocol)")
+    table = Table(title=f"{title} results (MMRec full-ranking protocol)")
     table.add_column("")
     for key in METRIC_KEYS:
         table.add_column(key, justify="right")
@@ -119,10 +131,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule, model and trainer (for tests and notebooks).
     """
     validate_train_config(cfg)
-    # Lightning adds its own console handlers; Hydra's root handlers already print (and write the
-    # run's log file), so drop Lightning's to avoid every line twice.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).handlers.clear()
+    quiet_lightning()  # its tips and deprecations, and its own console handlers (every line twice)
+    # a checkpoint file or a run/job folder (its last.ckpt), checked before any data is loaded
+    resume_from = str(resume_checkpoint(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +160,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     # --- resume (issue 18): a killed run of this very config continues from its last.ckpt
     fingerprint = config_fingerprint(cfg)
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = resume_from
     if ckpt_path is None and cfg.get("auto_resume", True):
         ckpt_path = auto_resume_checkpoint(output_dir, fingerprint)
         if ckpt_path is not None:
@@ -187,6 +198,6 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if trainer.is_global_zero:  # under DDP every rank gets here with the same results; one writes them
         atomic_write_json(output_dir / "metrics.json", summary)
         log_results(loggers, rows)
-        _print_table(rows)
+        _print_table(rows, model_name(cfg))
         log.info("metrics written to %s", output_dir / "metrics.json")
     return summary, {"datamodule": datamodule, "model": model, "trainer": trainer}
