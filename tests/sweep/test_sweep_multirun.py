@@ -79,7 +79,7 @@ def test_a_failing_job_does_not_stop_the_others_and_is_reported(sweep):
     output = result.stdout + result.stderr
     assert result.returncode != 0  # the sweep as a whole reports the failure
     assert "1 of 3 sweep job(s) failed" in output
-    assert "graph.kc=-1]: ConfigError: graph.kc=-1: K_c must be >= 0" in output
+    assert "graph.kc=-1]: ConfigError: graph.kc=-1: k_c must be an integer >= 0" in output
     failures = json.loads((sweep_dir / "failures.json").read_text())
     assert [f["error_type"] for f in failures] == ["ConfigError"]
     assert "graph.kc=-1" in failures[0]["overrides"]
