@@ -304,3 +304,26 @@ def test_asking_for_more_devices_than_leased_is_an_error_not_a_wait(tmp_path):
     with pytest.raises(ValueError, match="asks for 3 device"):
         with lease.acquire_many(3, timeout=1):
             pass
+
+
+@pytest.mark.slow
+def test_gpus_launcher_leases_each_job_its_gpus_per_job(tmp_path):
+    """Jobs asking for 1, 2 or 3 GPUs (the app's gpus_per_job key, resolved per job by the launcher's
+    default interpolation) on 4 simulated GPUs: each job's process sees exactly as many distinct GPU
+    ids in CUDA_VISIBLE_DEVICES, and no GPU runs two jobs at once; a job asking for more GPUs than
+    the launcher has fails alone, with the reason in the end report."""
+    result = _tiny_sweep(tmp_path, "hydra.launcher.gpus=[g0,g1,g2,g3]", "duration=0.1,0.7,0.3",
+                         "gpus_per_job=1,2,3,5")
+    assert result.returncode != 0  # the gpus_per_job=5 jobs
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("job-*.json")]
+    assert sorted((j["gpus_per_job"], j["duration"]) for j in jobs) == sorted(
+        (n, d) for n in (1, 2, 3) for d in (0.1, 0.7, 0.3))
+    for j in jobs:
+        ids = j["device"].split(",")
+        assert len(set(ids)) == j["gpus_per_job"] and set(ids) <= {"g0", "g1", "g2", "g3"}, j
+        j["devices"] = ids
+    for device, intervals in _intervals_per_device(jobs).items():
+        assert overlapping(intervals) == [], f"two jobs on {device} at once"
+    failures = json.loads((tmp_path / "sweep" / "failures.json").read_text())
+    assert len(failures) == 3 and all("needs 5 GPUs together" in f["message"] for f in failures)
+    assert "3 of 12 sweep job(s) failed" in result.stdout + result.stderr
