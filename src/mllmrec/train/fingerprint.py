@@ -18,7 +18,7 @@ __all__ = ["RESULT_NEUTRAL_KEYS", "config_fingerprint"]
 # drawn, and this switch itself. Everything else (model, graph, data, trainer, early stopping, seed,
 # ...) is part of the fingerprint, so an unknown key errs on the side of running again.
 RESULT_NEUTRAL_KEYS = (
-    "paths", "logger", "tags", "task_name", "skip_finished",
+    "paths", "logger", "tags", "task_name", "skip_finished", "reason.auto",
     "callbacks.progress_bar", "callbacks.graph_statistics", "callbacks.user_tsne",
 )
 

@@ -18,6 +18,7 @@ from mllmrec.cache import atomic_write_json
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checks import validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
+from mllmrec.reasoning.stage import reasoning_for_training
 from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
@@ -101,8 +102,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    # reason.auto=true produces missing reasoning outputs first (one job per outputs folder makes them)
+    reads = reasoning_for_training(cfg)
+    data_overrides: dict[str, Any] = {}
+    if reads is not None and reads != cfg.mllm.name:  # reason.backend=fake: its outputs' own folder
+        data_overrides["mllm"] = {**OmegaConf.to_container(cfg.mllm, resolve=True), "name": reads}
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, **data_overrides)
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
     started = time.perf_counter()
     datamodule.setup("fit")
