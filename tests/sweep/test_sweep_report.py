@@ -150,3 +150,21 @@ def test_a_missing_sweep_dir_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path / "nope")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not a folder" in result.stderr
+
+
+def test_table4_reports_all_four_metrics_of_one_validation_selected_configuration(summary):
+    """Per MLLM and dataset, the configuration with the best mean validation Recall@20 (the fake
+    sweep's validation prefers (0.7, 10), its test (0.5, 5)); every metric of the cell is that
+    configuration's test mean ± std over seeds; the w/o RS ablation is not an MLLM's result."""
+    from mllmrec.report import selected_table
+
+    table = selected_table(summary, "mllm.name")
+    assert list(table.index) == ["gemma3_27b", "qwen25vl"]
+    assert list(table.columns[:6]) == ["baby R@10", "baby R@20", "baby N@10", "baby N@20", "baby config", "baby seeds"]
+    for dataset in ("baby", "sports"):
+        assert table.loc["gemma3_27b", f"{dataset} config"] == "graph.alpha=0.7, graph.kc=10, model.d=64"
+        for metric, short in (("recall@10", "R@10"), ("recall@20", "R@20"), ("ndcg@10", "N@10"), ("ndcg@20", "N@20")):
+            values = np.array([fake_scores(dataset, "MLLMRec", "gemma3_27b", 0.7, 10, 64, s)["test"][metric]
+                               for s in FAKE_SEEDS])
+            assert table.loc["gemma3_27b", f"{dataset} {short}"] == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+        assert table.loc["gemma3_27b", f"{dataset} seeds"] == "3"
