@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_helpers import FAKE_SEEDS, ROOT, fake_scores, write_fake_sweep  # noqa: E402
 
 from mllmrec.report import (  # noqa: E402
-    alpha_kc_grid, best_by_validation, build_report, layout_table, load_jobs, paired_ttest, reference_variant,
+    alpha_kc_grid, best_by_validation, build_report, config_keys, layout_table, load_jobs, paired_ttest, reference_variant,
     summarize,
 )
 
@@ -168,3 +168,20 @@ def test_table4_reports_all_four_metrics_of_one_validation_selected_configuratio
                                for s in FAKE_SEEDS])
             assert table.loc["gemma3_27b", f"{dataset} {short}"] == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
         assert table.loc["gemma3_27b", f"{dataset} seeds"] == "3"
+
+
+def test_interpolated_copies_of_the_seed_do_not_split_configurations(tmp_path):
+    """A real job's config holds data.seed: ${seed}; the summary must still average over seeds."""
+    from omegaconf import OmegaConf
+
+    jobs = [dict(dataset="baby", variant="MLLMRec", mllm="gemma3_27b", alpha=a, kc=10, d=64, seed=s)
+            for a in (0.5, 0.7) for s in FAKE_SEEDS]
+    sweep = write_fake_sweep(tmp_path / "s", jobs, failed=False)
+    for config in sweep.glob("*/.hydra/config.yaml"):
+        cfg = OmegaConf.load(config)
+        cfg.data.seed = "${seed}"
+        OmegaConf.save(cfg, config)
+    jobs_frame, _ = load_jobs(sweep)
+    assert "data.seed" in jobs_frame and "data.seed" not in config_keys(jobs_frame)
+    summary = summarize(jobs_frame)
+    assert len(summary) == 2 and set(summary["n"]) == {3}

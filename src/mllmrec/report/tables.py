@@ -107,13 +107,14 @@ def config_keys(jobs: pd.DataFrame) -> list[str]:
     """The config keys that tell the jobs' configurations apart (varying ones, seed excluded), plus
     dataset / mllm / variant, which the tables always show. The tables' own keys come first, so that
     an interpolated copy (``data.graph.alpha``, ``dataset.tuned.alpha`` behind ``graph.alpha``) is the
-    one dropped."""
+    one dropped. Copies of the seed (``data.seed: ${seed}``) are dropped too: they vary with the seed,
+    and keeping them would make every seed a configuration of its own (no mean ± std over seeds)."""
     metric_cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | {"job_dir", "overrides", "best_epoch"}
     canonical = [k for k in (DATASET, MLLM, VARIANT, ALPHA, KC, D) if k in jobs]
     others = [c for c in jobs.columns if c not in canonical and c not in metric_cols and c != SEED
               and not c.startswith(_NOT_CONFIG)]
     keys: list[str] = []
-    seen: list[pd.Series] = []
+    seen: list[pd.Series] = [jobs[SEED].astype(str)] if SEED in jobs else []
     for c in canonical + others:
         text = jobs[c].astype(str)
         always = c in (DATASET, MLLM, VARIANT)
@@ -199,7 +200,9 @@ def selected_table(summary: pd.DataFrame, row_key: str, select: str = "recall@20
     if VARIANT in summary and summary[VARIANT].nunique() > 1:
         summary = summary[summary[VARIANT] == reference_variant(list(dict.fromkeys(summary[VARIANT])))]
     best = best_by_validation(summary, [row_key, DATASET], select)
-    described = [k for k in _summary_keys(summary) if k not in (row_key, DATASET, VARIANT)]
+    # what was chosen: the swept keys, not the row's or dataset's own settings (mllm.model_id, ...)
+    own = tuple(f"{k.split('.')[0]}." for k in (row_key, DATASET) if "." in k)
+    described = [k for k in _summary_keys(summary) if k not in (row_key, DATASET, VARIANT) and not k.startswith(own)]
     datasets = sorted(best[DATASET].astype(str).unique())
     rows = sorted(best[row_key].astype(str).unique())
     table = pd.DataFrame(index=pd.Index(rows, name=row_key), dtype=object)
