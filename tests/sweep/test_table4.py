@@ -37,7 +37,8 @@ def _app(script: str, args: list[str], cwd: Path, timeout: int = 900) -> subproc
 def generation_rows(folder: Path) -> pd.DataFrame:
     """Every generation ever written for one outputs folder's model: the rows of all shard files of
     its generation cache (a key generated twice appears twice)."""
-    files = sorted((folder / "generations" / "shards").glob("*.parquet"))
+    # (temp files of a shard being written start with ".", as the store's reader also skips them)
+    files = sorted(p for p in (folder / "generations" / "shards").glob("*.parquet") if not p.name.startswith("."))
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
 
@@ -150,3 +151,92 @@ def test_gpus_per_job_follows_the_mllms_tensor_parallel_size():
     assert (tp2.gpus_per_job, tp1.gpus_per_job, tiny.gpus_per_job) == (2, 1, 1)
     assert train.hydra.launcher.gpus_per_job == 1 and reason.hydra.launcher.gpus_per_job == 2
     assert train.reason.auto is False and train.reason.history == "train"
+
+
+# --------------------------------------------------------------------------- the whole sequence
+def _start(script: str, args: list[str], cwd: Path) -> subprocess.Popen:
+    """A sweep in its own process group (so a test can kill it with its job processes, like Ctrl-\\)."""
+    return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=_env(cwd),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> bool:
+    """SIGKILL the sweep's whole process group as soon as ``ready()``; False if it ended first."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(60)
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _expected_cell(jobs: pd.DataFrame, mllm: str) -> tuple[str, str]:
+    """Independent reference for one Table 4 row: the alpha with the best mean validation R@20 over
+    seeds, and that alpha's test R@20 as ``mean ± std``."""
+    mine = jobs[jobs["mllm"] == mllm]
+    valid = mine.groupby("alpha")["valid_r20"].mean()
+    alpha = valid.idxmax()
+    test = mine[mine["alpha"] == alpha]["test_r20"]
+    return f"graph.alpha={alpha:g}", f"{test.mean():.4f} ± {test.std(ddof=1):.4f}"
+
+
+@pytest.mark.slow
+def test_table4_sequence_on_cpu_with_fake_reasoning_killed_and_resumed(tmp_path):
+    """docs/sweeps.md's Table 4 sequence on the small demo with the fake backend and two simulated
+    GPUs, over 2 MLLMs x 1 dataset: reason.py -m (killed mid-generation, rerun), train.py -m over
+    alpha x seed with reason.auto=true (killed after its first finished job, rerun), report.py.
+    Nothing is generated twice, finished training jobs are not redone, and each Table 4 row is the
+    test score of the alpha chosen on validation."""
+    data_dir, reason_sweep, train_sweep = tmp_path / "data", tmp_path / "reason_sweep", tmp_path / "train_sweep"
+    mllms = ("gemma3_4b", "qwen25vl")
+    layout = DatasetLayout(data_dir / "demo")
+    folders = [layout.reasoning(f"{m}-fake") for m in mllms]
+    gpus = ["hydra/launcher=gpus", "hydra.launcher.gpus=[g0,g1]"]
+
+    # 1. reasoning, one job per MLLM; killed once generations are being written, then rerun
+    reason_args = ["-m", *gpus, f"mllm={','.join(mllms)}", "reason.backend=fake", "reason.progress=false",
+                   "reason.fake.delay_s=0.3", "reason.chunk_size=16", *TINY, f"paths.data_dir={data_dir}",
+                   f"hydra.sweep.dir={reason_sweep}"]
+    killed = _kill_when(_start("reason.py", reason_args, tmp_path),
+                        lambda: any(len(generation_rows(f)) >= 16 for f in folders if (f / "generations").exists()))
+    assert killed, "the reasoning sweep ended before it could be killed"
+    assert not all((f / "manifest.json").exists() for f in folders)
+    rerun = _app("reason.py", reason_args, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    generated = {f.name: len(_assert_generated_once(f)) for f in folders}  # the kill cost no duplicate
+
+    # 2. training: 2 MLLMs x 2 alphas x 2 seeds; killed after the first finished job, then rerun
+    train_args = ["-m", *gpus, f"mllm={','.join(mllms)}", "reason.auto=true", "reason.backend=fake",
+                  "graph.alpha=0.5,0.7", "seed=1,2", *FAST_JOB, *NO_PLOTS, f"paths.data_dir={data_dir}",
+                  f"hydra.sweep.dir={train_sweep}"]
+    _kill_when(_start("train.py", train_args, tmp_path), lambda: any(train_sweep.glob("*/metrics.json")))
+    before = {p: p.stat().st_mtime_ns for p in train_sweep.glob("*/metrics.json")}
+    assert before, "no training job finished before the kill"
+    rerun = _app("train.py", train_args, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    metrics = sorted(train_sweep.glob("*/metrics.json"))
+    assert len(metrics) == 8
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished jobs were skipped
+    assert {f.name: len(generation_rows(f)) for f in folders} == generated  # no generation at all
+
+    # 3. the report: Table 4 rows from the validation-selected alpha of each MLLM
+    report = _app("report.py", [str(train_sweep)], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = []
+    for path in metrics:
+        parts = dict(o.split("=", 1) for o in path.parent.name.split(","))
+        summary = json.loads(path.read_text())
+        rows.append({"mllm": parts["mllm"], "alpha": float(parts["graph.alpha"]),
+                     "valid_r20": summary["valid"]["recall@20"], "test_r20": summary["test"]["recall@20"]})
+    jobs = pd.DataFrame(rows)
+    table = (train_sweep / "report" / "mllm_table.md").read_text(encoding="utf-8")
+    for mllm in mllms:
+        line = next(row for row in table.splitlines() if row.startswith(f"| {mllm} "))
+        config, r20 = _expected_cell(jobs, mllm)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == r20 and cells[5] == config and cells[6] == "2", (line, config, r20)
