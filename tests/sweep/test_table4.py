@@ -240,3 +240,15 @@ def test_table4_sequence_on_cpu_with_fake_reasoning_killed_and_resumed(tmp_path)
         config, r20 = _expected_cell(jobs, mllm)
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2] == r20 and cells[5] == config and cells[6] == "2", (line, config, r20)
+
+
+def test_fake_backends_of_two_mllms_answer_differently():
+    """A dry run of Table 4 on the fake backend must not give every MLLM the same texts (and so the
+    same row); the same model answers the same request the same way."""
+    from mllmrec.reasoning.backends.base import Message, Request, Sampling
+    from mllmrec.reasoning.backends.fake import FakeBackend
+
+    request = Request((Message("user", "Describe this user's preferences."),), Sampling(max_tokens=40))
+    a, b = FakeBackend("google/gemma-3-4b-it@main"), FakeBackend("Qwen/Qwen2.5-VL-7B-Instruct@main")
+    assert a.generate([request])[0].text != b.generate([request])[0].text
+    assert a.generate([request])[0].text == FakeBackend("google/gemma-3-4b-it@main").generate([request])[0].text
