@@ -253,7 +253,10 @@ def test_a_big_job_is_not_starved_by_a_stream_of_small_ones(tmp_path):
     assert "big" in by_job, "the 2-GPU job never got its GPUs"
     b = by_job["big"]
     assert len(set(b["devices"])) == 2
-    overtaking = [r for r in records if r["job"] != "big" and b["asked"] < r["asked"] and r["start"] < b["start"]]
+    # (10 ms of slack: a thread switch between noting the time and taking a ticket may reorder two
+    # requests made at the same moment)
+    overtaking = [r for r in records
+                  if r["job"] != "big" and b["asked"] + 0.01 < r["asked"] and r["start"] < b["start"]]
     assert overtaking == [], f"{len(overtaking)} small jobs that asked later started first"
     jumped = [r for r in records if r["job"] != "big" and b["asked"] < r["start"] < b["start"]]
     assert len(jumped) <= 6, f"{len(jumped)} small jobs started while the big one waited"
