@@ -109,7 +109,7 @@ def worker(shape_name: str, epochs: int, data_dir: Path, overrides: list[str], t
         torch.set_num_threads(threads)
 
     from _shapes import SHAPES, ensure_mmrec_folder
-    from mllmrec.train.task import model_inputs
+    from mllmrec.train.task import build_datamodule, model_inputs
 
     shape = SHAPES[shape_name]
     folder = ensure_mmrec_folder(shape, data_dir)
@@ -117,11 +117,11 @@ def worker(shape_name: str, epochs: int, data_dir: Path, overrides: list[str], t
     L.seed_everything(cfg.seed, workers=True)
 
     started = time.perf_counter()
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     setup_s = time.perf_counter() - started
     started = time.perf_counter()
-    model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg.model._target_, datamodule))
+    model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg, datamodule))
     model_init_s = time.perf_counter() - started
 
     class Timer(L.Callback):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hydra
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,16 +9,20 @@ import pytest
 from mllmrec.data import DatasetError, DatasetLayout
 from mllmrec.data.demo import ensure_demo_dataset
 from mllmrec.encoding import EncoderSpec, encode_texts
+from mllmrec.errors import MllmrecError
+from mllmrec.train.task import build_datamodule
 
 
 def _datamodule(cfg):
-    dm = hydra.utils.instantiate(cfg.data)
+    """A datamodule with every model input built (what MLLMRec asks for)."""
+    dm = build_datamodule(cfg)
     dm.setup("fit")
+    dm.item_features, dm.user_features, dm.item_graph
     return dm
 
 
-def _write_reasoning(root, n_items, n_users, name="fakellm", drop_user=False):
-    folder = DatasetLayout(root).reasoning(name)
+def _write_reasoning(root, n_items, n_users, name="fakellm", drop_user=False, history="train"):
+    folder = DatasetLayout(root).reasoning(name, history)
     folder.mkdir(parents=True, exist_ok=True)
     items = pd.DataFrame({
         "item_id": np.arange(n_items),
@@ -37,7 +40,7 @@ def _write_reasoning(root, n_items, n_users, name="fakellm", drop_user=False):
 
 def test_mllm_none_profiles_are_chronological_training_descriptions(train_cfg):
     cfg = train_cfg()
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = build_datamodule(cfg)
     ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
     from mllmrec.data import load_processed_dataset, read_items
 
@@ -79,10 +82,10 @@ def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog
     users["status"] = status
     users.loc[[0, 1, 2, 5], "profile"] = ""
     users.to_parquet(DatasetLayout(cfg.dataset.root).reasoning("fakellm3") / "user_profiles.parquet")
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = build_datamodule(cfg)
     from mllmrec.data import load_processed_dataset
 
-    with caplog.at_level("WARNING", logger="mllmrec.train.datamodule"):
+    with caplog.at_level("WARNING", logger="mllmrec.reasoning.outputs"):
         dm.item_and_user_texts(load_processed_dataset(cfg.dataset.root))
     (message,) = [r.getMessage() for r in caplog.records if "empty profile" in r.getMessage()]
     assert f"4 of {len(users)} users" in message
@@ -91,7 +94,7 @@ def test_empty_profiles_are_reported_with_their_status_and_fix(train_cfg, caplog
 
     caplog.clear()
     _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm3")
-    with caplog.at_level("WARNING", logger="mllmrec.train.datamodule"):
+    with caplog.at_level("WARNING", logger="mllmrec.reasoning.outputs"):
         dm.item_and_user_texts(load_processed_dataset(cfg.dataset.root))
     assert not [r for r in caplog.records if "empty profile" in r.getMessage()]
 
@@ -104,16 +107,42 @@ def test_reasoning_table_with_missing_rows_is_rejected(train_cfg):
         _datamodule(cfg)
 
 
+def test_reason_history_picks_the_outputs_reason_py_wrote_with_the_same_key(train_cfg):
+    """One key, reason.history, in both apps: train.py reads reasoning/<mllm>__history-all/ only
+    when asked for it, and names the reason.py command with the same key when it is missing."""
+    cfg = train_cfg("mllm.name=fakellm4", "reason.history=all")
+    ensure_demo_dataset(cfg.dataset.root, n_users=cfg.dataset.n_users, n_items=cfg.dataset.n_items)
+    from mllmrec.data import load_processed_dataset
+
+    data = load_processed_dataset(cfg.dataset.root)
+    dm = build_datamodule(cfg)
+    with pytest.raises(DatasetError, match=r"python reason.py dataset=demo mllm=fakellm4 reason.history=all`"):
+        dm.item_and_user_texts(data)
+    _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm4")
+    with pytest.raises(DatasetError, match="fakellm4__history-all"):  # the train-history outputs do not count
+        dm.item_and_user_texts(data)
+    _, leaky = _write_reasoning(cfg.dataset.root, cfg.dataset.n_items, cfg.dataset.n_users, name="fakellm4",
+                                history="all")
+    leaky.loc[:, "profile"] = [f"leaky profile {u}" for u in range(len(leaky))]
+    leaky.to_parquet(DatasetLayout(cfg.dataset.root).reasoning("fakellm4", "all") / "user_profiles.parquet")
+    _, users = dm.item_and_user_texts(data)
+    assert users == leaky["profile"].tolist()
+    _, users = build_datamodule(train_cfg("mllm.name=fakellm4")).item_and_user_texts(data)
+    assert users[0] == "likes thing 0"  # the default history reads the other folder
+    with pytest.raises(MllmrecError, match="reason.history must be 'train'"):
+        build_datamodule(train_cfg("mllm.name=fakellm4", "reason.history=valid"))
+
+
 def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):
     import mllmrec.train.datamodule as dmod
 
     seen = {}
-    real = dmod.cached_refined_item_graph
+    real = dmod.build_refined_item_graph
 
     def spy(features, interactions, *args):
         seen["interactions"] = interactions
         return real(features, interactions, *args)
 
-    monkeypatch.setattr(dmod, "cached_refined_item_graph", spy)
+    monkeypatch.setattr(dmod, "build_refined_item_graph", spy)
     dm = _datamodule(train_cfg())
     assert (seen["interactions"] != dm.data.train).nnz == 0

@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from train_helpers import CONF, ROOT, SMALL_DEMO
 from mllmrec.train.checks import ConfigError
 from mllmrec.data import DatasetError
-from mllmrec.train.task import train
+from mllmrec.train.task import build_datamodule, train
 
 METRICS = {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
 
@@ -52,7 +52,7 @@ def test_tuned_defaults_follow_the_dataset():
         for name, (alpha, kc) in expected.items():
             cfg = compose(config_name="train", overrides=[f"dataset={name}"])
             assert (cfg.graph.alpha, cfg.graph.kc, cfg.graph.ks, cfg.graph.layers) == (alpha, kc, 10, 1)
-            assert (cfg.model.d, cfg.data.batch_size, cfg.model.lr, cfg.seed) == (64, 2048, 1e-3, 999)
+            assert (cfg.model.d, cfg.data.batch_size, cfg.model.optimizer.lr, cfg.seed) == (64, 2048, 1e-3, 999)
             assert cfg.callbacks.early_stopping.patience == 20
             assert cfg.callbacks.early_stopping.monitor == "val/recall@20"
         cfg = compose(config_name="train", overrides=["dataset=baby", "graph.alpha=0.4"])
@@ -75,6 +75,27 @@ def test_two_epoch_run_writes_metrics_json(train_cfg, tmp_path):
     assert objs["model"].n_propagations == 1
 
 
+def test_a_cached_runs_fit_start_does_no_knn_search(train_cfg, tmp_path, monkeypatch):
+    """Issue 16: the graph statistics come out of the graph build (and its cache), so a second run on
+    the same inputs, GraphStatistics callback included, never searches neighbours again."""
+    import mllmrec.graph.knn as knn
+
+    overrides = ("trainer.max_epochs=1", "dataset.max_epochs=1", "callbacks.user_tsne=null", "skip_finished=false")
+    train(train_cfg(*overrides))
+    stats_file = tmp_path / "run" / "plots" / "graph_statistics.json"
+    first = json.loads(stats_file.read_text())
+    stats_file.unlink()
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a kNN search ran in a run whose graph is cached")
+
+    monkeypatch.setattr(knn, "semantic_knn", no_search)
+    monkeypatch.setattr(knn, "cooccurrence_knn", no_search)
+    train(train_cfg(*overrides))
+    assert json.loads(stats_file.read_text()) == first  # written again, from the cached statistics
+    assert first["knn_edges"] > 0 and first["final_edges"] > 0
+
+
 def test_fast_dev_run(train_cfg):
     summary, objs = train(train_cfg("+trainer.fast_dev_run=true"))
     assert set(summary["test"]) == METRICS
@@ -83,7 +104,7 @@ def test_fast_dev_run(train_cfg):
 
 def test_early_stopping_stops(train_cfg):
     # lr 0 -> validation never improves after epoch 0 -> stops after patience + 1 epochs
-    cfg = train_cfg("model.lr=1e-12", "callbacks.early_stopping.patience=2", "trainer.max_epochs=30",
+    cfg = train_cfg("model.optimizer.lr=1e-12", "callbacks.early_stopping.patience=2", "trainer.max_epochs=30",
                     "dataset.max_epochs=30")
     summary, objs = train(cfg)
     assert summary["epochs_run"] == 3
@@ -105,7 +126,7 @@ def test_negatives_never_hit_training_positives(train_cfg):
     import hydra
 
     cfg = train_cfg()
-    dm: MLLMRecDataModule = hydra.utils.instantiate(cfg.data)
+    dm: MLLMRecDataModule = build_datamodule(cfg)
     dm.setup("fit")
     train_csr = dm.data.train
     loader = dm.train_dataloader()
@@ -243,7 +264,7 @@ def test_ddp_on_two_cpu_ranks_matches_one_process(tmp_path, data_dir):
     make them differ). Also: the frozen sparse graph is not broadcast (DDP cannot), and only rank 0
     writes metrics.json."""
     common = [f"paths.data_dir={data_dir}", "logger=none", *SMALL_DEMO, "trainer.max_epochs=2",
-              "model.lr=1e-12", "compare_popularity=false", "callbacks.progress_bar=null"]
+              "model.optimizer.lr=1e-12", "compare_popularity=false", "callbacks.progress_bar=null"]
     single = _run_train([*common, f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = _run_train([*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

@@ -34,6 +34,15 @@ class EncoderSpec:
     normalize: bool = False
     batch_size: int = 64
     device: str | None = None
+    name: str = "minilm"  # the config choice (encoder=<name>); not part of what the vectors are
+
+    def __post_init__(self) -> None:
+        from mllmrec.errors import ConfigError
+
+        if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or self.max_seq_length < 1):
+            raise ConfigError(f"encoder.max_seq_length={self.max_seq_length!r}: must be an integer >= 1 or null")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"encoder.batch_size={self.batch_size!r}: must be an integer >= 1")
 
     def key(self) -> dict:
         # batch size and device do not change the vectors (beyond float noise): not part of the key

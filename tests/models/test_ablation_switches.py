@@ -12,13 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from mllmrec.data import DatasetError
 from mllmrec.train.datamodule import MLLMRecDataModule
 from mllmrec.graph import cooccurrence_graph, refined_item_graph, semantic_graph
-from mllmrec.train.task import model_inputs
+from mllmrec.train.task import build_datamodule, model_inputs
 
 ABLATIONS = {  # experiment -> (variant, resolved keys that differ from ablation_full)
     "ablation_wo_rs": ("w/o RS", {"data.use_user_features"}),
-    "ablation_wo_gd": ("w/o GD", {"graph.alpha", "data.graph.alpha"}),
-    "ablation_wo_te": ("w/o TE", {"graph.kc", "data.graph.kc"}),
-    "ablation_wo_gcn_ii": ("w/o GCN_II", {"graph.layers", "data.graph.layers", "model.layers"}),
+    "ablation_wo_gd": ("w/o GD", {"graph.alpha"}),
+    "ablation_wo_te": ("w/o TE", {"graph.kc"}),
+    "ablation_wo_gcn_ii": ("w/o GCN_II", {"graph.layers"}),
     "ablation_wo_v": ("w/o V", {"data.item_text_source"}),
     "ablation_wo_t": ("w/o T", {"data.item_text_source"}),
     "ablation_w_gcn_ui": ("w/ GCN_UI", {"model.ui_layers"}),
@@ -41,10 +41,10 @@ def resolved(cfg: DictConfig) -> dict[str, object]:
 
 
 def build(cfg: DictConfig) -> tuple[MLLMRecDataModule, torch.nn.Module]:
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.check_inputs()
     datamodule.setup("fit")
-    model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg.model._target_, datamodule))
+    model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg, datamodule))
     return datamodule, model
 
 
@@ -69,7 +69,7 @@ def test_graph_ablations_change_only_their_part_of_the_graph(train_cfg):
     tuned = "dataset.tuned.alpha=0.7"
     full_dm, full_model = build(train_cfg("experiment=ablation_full", tuned))
     features, train = full_dm.item_features, full_dm.data.train
-    g = full_dm.graph_cfg
+    g = full_dm.graph_spec
     assert g.alpha == 0.7
     n_items = full_dm.data.n_items
     semantic = semantic_graph(features, g.ks, g.alpha)
@@ -129,7 +129,7 @@ def test_text_ablations_without_mllm(train_cfg):
     # mllm=none: the item description is the item text already, so w/o V equals the full model
     assert v_dm.item_and_user_texts(v_dm.data) == full_dm.item_and_user_texts(full_dm.data)
     torch.testing.assert_close(v_dm.item_features, full_dm.item_features)
-    t_dm = hydra.utils.instantiate(train_cfg("experiment=ablation_wo_t").data)
+    t_dm = build_datamodule(train_cfg("experiment=ablation_wo_t"))
     with pytest.raises(DatasetError, match="image descriptions.*mllm=none"):
         t_dm.check_inputs()
 
@@ -137,8 +137,9 @@ def test_text_ablations_without_mllm(train_cfg):
 def test_text_ablations_pick_the_description_parts(train_cfg, tmp_path):
     """With MLLM outputs: full = text + image description, w/o V = text, w/o T = image description."""
     overrides = [f"paths.data_dir={tmp_path / 'data'}", "mllm.name=fake-mllm"]
-    full_dm = hydra.utils.instantiate(train_cfg("experiment=ablation_full", *overrides).data)
-    data = full_dm._load_data()  # generates the demo into the fresh data dir
+    full_dm = build_datamodule(train_cfg("experiment=ablation_full", *overrides))
+    full_dm.setup("fit")  # generates the demo into the fresh data dir
+    data = full_dm.data
     folder = full_dm.layout.reasoning("fake-mllm")
     folder.mkdir(parents=True)
     ids = range(data.n_items)
@@ -152,7 +153,7 @@ def test_text_ablations_pick_the_description_parts(train_cfg, tmp_path):
                  ).to_parquet(folder / "user_profiles.parquet")
     expected = {"ablation_full": "text 3 image 3", "ablation_wo_v": "text 3", "ablation_wo_t": "image 3"}
     for experiment, text in expected.items():
-        dm = hydra.utils.instantiate(train_cfg(f"experiment={experiment}", *overrides).data)
+        dm = build_datamodule(train_cfg(f"experiment={experiment}", *overrides))
         dm.check_inputs()
         items, users = dm.item_and_user_texts(data)
         assert items[3] == text

@@ -9,7 +9,7 @@ from mllmrec.train.task import popularity_metrics, train
 
 # a few epochs on the 160-user demo: larger steps than the papers' lr 1e-3, which needs hundreds of
 # epochs on so few batches
-FAST = ["model.lr=0.01", "data.batch_size=256", "test=false"]
+FAST = ["model.optimizer.lr=0.01", "data.batch_size=256", "test=false"]
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ RECEIVED: dict[str, object] = {}
 class ItemBiasMF(Recommender):
     """A tiny model that exists only in this test: MF plus an item bias, needing only two inputs."""
 
-    def __init__(self, n_items: int, train_interactions: sp.spmatrix, d: int = 4, lr: float = 0.01) -> None:
-        super().__init__(lr=lr)
+    def __init__(self, n_items: int, train_interactions: sp.spmatrix, d: int = 4, optimizer=None) -> None:
+        super().__init__(optimizer=optimizer)
         RECEIVED.update(n_items=n_items, shape=train_interactions.shape)
         n_users = train_interactions.shape[0]
         self.users = nn.Embedding(n_users, d)
@@ -43,7 +43,8 @@ def test_model_defined_outside_the_package_trains_via_target(train_cfg):
     target = f"{ItemBiasMF.__module__}.{ItemBiasMF.__qualname__}"
     assert not target.startswith("mllmrec.")
     with open_dict(cfg):
-        cfg.model = OmegaConf.create({"_target_": target, "d": 3, "lr": 0.05})
+        cfg.model = OmegaConf.create({"_target_": target, "d": 3, "optimizer": {
+            "_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05}})
     RECEIVED.clear()
     summary, objects = train(cfg)
     model, datamodule = objects["model"], objects["datamodule"]
@@ -51,6 +52,9 @@ def test_model_defined_outside_the_package_trains_via_target(train_cfg):
     # only what the constructor asked for was passed, with the datamodule's values
     assert RECEIVED == {"n_items": datamodule.data.n_items, "shape": datamodule.data.train.shape}
     assert model.bias.abs().sum() > 0  # it trained
+    assert type(model.optimizers().optimizer).__name__ == "SGD"  # the configured optimiser
+    # inputs it did not ask for were never built: no encoding, no graph
+    assert datamodule._item_features is None and datamodule._texts is None and not datamodule.has_item_graph
     assert len(summary["history"]) == 2 and set(summary["test"]) >= {"recall@20", "ndcg@20"}
     written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert written["valid"] == summary["valid"]

@@ -8,12 +8,8 @@ import scipy.sparse as sp
 import torch
 
 from mllmrec.models import LightGCN
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 
 def random_interactions(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
@@ -48,7 +44,7 @@ def dense_lightgcn(a_hat: torch.Tensor, x: torch.Tensor, layers: int) -> torch.T
 def test_normalized_adjacency_matches_dense_reference(n_users, n_items, density, seed):
     r = random_interactions(n_users, n_items, density, seed)
     users, items = bipartite_edges(r)
-    adj = normalized_bipartite_adjacency(users, items, n_users, n_items)
+    adj = normalize_adjacency(bipartite_adjacency(users, items, n_users, n_items))
     assert adj._nnz() == 2 * r.nnz
     torch.testing.assert_close(adj.to_dense().double(), dense_normalized(r), rtol=1e-6, atol=1e-7)
 
@@ -58,11 +54,11 @@ def test_normalized_adjacency_matches_dense_reference(n_users, n_items, density,
 def test_lightgcn_propagation_matches_dense_reference(layers, n_users, n_items, seed):
     r = random_interactions(n_users, n_items, 0.35, seed)
     users, items = bipartite_edges(r)
-    op = SparseOperator(normalized_bipartite_adjacency(users, items, n_users, n_items))
+    op = SparseOperator(normalize_adjacency(bipartite_adjacency(users, items, n_users, n_items)))
     x = torch.randn(n_users + n_items, 8, generator=torch.Generator().manual_seed(seed))
     expected = dense_lightgcn(dense_normalized(r), x.double(), layers)
-    torch.testing.assert_close(sparse_propagate(op, x, layers, "mean").double(), expected, rtol=1e-5, atol=1e-6)
-    total = sparse_propagate(op, x, layers, "sum").double()
+    torch.testing.assert_close(propagate(op, x, layers, "mean").double(), expected, rtol=1e-5, atol=1e-6)
+    total = propagate(op, x, layers, "sum").double()
     torch.testing.assert_close(total, expected * (layers + 1), rtol=1e-5, atol=1e-6)
 
 
@@ -107,4 +103,4 @@ def test_edges_reject_dense_input_and_out_of_range_ids():
     with pytest.raises(ValueError, match="scipy.sparse"):
         bipartite_edges(np.ones((2, 2)))
     with pytest.raises(ValueError, match="out of range"):
-        normalized_bipartite_adjacency(torch.tensor([0, 2]), torch.tensor([0, 0]), 2, 1)
+        bipartite_adjacency(torch.tensor([0, 2]), torch.tensor([0, 0]), 2, 1)

@@ -38,11 +38,13 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> sub
 def encode_demo(data_dir: Path) -> Path:
     """Generate + encode the small demo into ``data_dir`` (a no-op when its caches exist)."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
+    from mllmrec.train.task import build_datamodule
 
     try:
         cfg = compose_config("train", [f"paths.data_dir={data_dir}", *SMALL_DEMO], data_dir / "encode-run")
-        instantiate(cfg.data).setup("fit")
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        datamodule.user_features, datamodule.item_graph  # encode both and build the graph into the caches
     finally:
         GlobalHydra.instance().clear()
     return data_dir
@@ -109,6 +111,7 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
 
     import mllmrec.encoding as encoding
     import mllmrec.graph as graph
+    import mllmrec.graph.knn as graph_knn
     from mllmrec.cache import stable_hash
 
     def fake_encode(texts, spec, desc="encoding"):  # no model download/load in a test child
@@ -118,7 +121,7 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
         rng = np.random.default_rng(len(texts))
         return rng.standard_normal((len(texts), 16)).astype(np.float32)
 
-    real_graph = graph.refined_item_graph
+    real_graph = graph_knn.semantic_knn  # the search every graph build starts with
 
     def counted_graph(*args, **kwargs):
         with open(counter, "a", encoding="utf-8") as f:
@@ -127,7 +130,7 @@ def race_for_caches(cache_dir: str, counter: str, result: str, barrier) -> None:
         return real_graph(*args, **kwargs)
 
     encoding.encode_texts = fake_encode
-    graph.refined_item_graph = counted_graph
+    graph_knn.semantic_knn = counted_graph
     texts = [f"item {i} description" for i in range(20)]
     interactions = sp.random(30, 20, density=0.3, format="csr", random_state=0)
     barrier.wait(timeout=120)

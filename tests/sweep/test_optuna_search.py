@@ -23,14 +23,14 @@ from mllmrec.sweep.optuna_search import Param, encode_value, open_study, run_stu
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 PARAMS = {"graph.alpha": "interval(0.4, 0.7)", "graph.kc": "choice(5, 10, 15, 20)",
-          "model.d": "choice(16, 32, 64, 128, 256)", "model.lr": "tag(log, interval(1e-4, 1e-2))"}
+          "model.d": "choice(16, 32, 64, 128, 256)", "model.optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}
 
 
 def test_search_space_from_override_grammar():
     space, fixed = search_space({**PARAMS, "graph.ks": "tag(int, interval(5, 20))", "seed": "range(1, 4)"},
                                 ["graph.kc=choice(5, 10)", "trainer.max_epochs=3", "model.d=64"])
     assert space["graph.alpha"] == Param("float", low=0.4, high=0.7)
-    assert space["model.lr"] == Param("float", low=1e-4, high=1e-2, log=True)
+    assert space["model.optimizer.lr"] == Param("float", low=1e-4, high=1e-2, log=True)
     assert space["graph.kc"] == Param("categorical", choices=(5, 10))  # the command line wins
     assert space["graph.ks"] == Param("int", low=5, high=20)
     assert space["seed"] == Param("categorical", choices=(1, 2, 3))  # Hydra's range excludes its stop
@@ -144,7 +144,7 @@ def test_optuna_search_on_the_demo_and_its_resumption(tmp_path, encoded_data_dir
     study = optuna.load_study(study_name="mllmrec_demo", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     first_params = [t.params for t in study.trials]
-    assert set(first_params[0]) == {"graph.alpha", "graph.kc", "model.d", "model.lr"}
+    assert set(first_params[0]) == {"graph.alpha", "graph.kc", "model.d", "model.optimizer.lr"}
     for t in study.trials:  # each trial's value is its job's validation Recall@20
         assert 0.4 <= t.params["graph.alpha"] <= 0.7 and t.params["model.d"] in (16, 32)
         job_dir = Path(t.user_attrs["output_dir"])

@@ -61,7 +61,7 @@ def test_optuna_search_config_composes(compose_hydra):
     assert sweeper.sampler.seed == 999 and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert dict(sweeper.params) == {
         "graph.alpha": "interval(0.4, 0.7)", "graph.kc": "choice(5, 10, 15, 20)",
-        "model.d": "choice(16, 32, 64, 128, 256)", "model.lr": "tag(log, interval(1e-4, 1e-2))"}
+        "model.d": "choice(16, 32, 64, 128, 256)", "model.optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}
 
 
 def test_job_folder_is_named_by_the_swept_values(compose_hydra):

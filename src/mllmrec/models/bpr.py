@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
 
 __all__ = ["BPR", "embedding_l2"]
 
@@ -52,14 +52,13 @@ class BPR(Recommender):
         n_items: int,
         d: int = 64,
         reg_weight: float = 1e-5,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("model.reg_weight", reg_weight, 0)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer"])  # a callable: the run config records it
         self.reg_weight = float(reg_weight)
         self.user_embedding = nn.Embedding(n_users, d)
         self.item_embedding = nn.Embedding(n_items, d)

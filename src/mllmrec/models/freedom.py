@@ -35,14 +35,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from mllmrec.graph import normalize_adjacency, semantic_graph
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate, semantic_graph
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["FREEDOM", "degree_sensitive_pruning", "edge_keep_count"]
 
@@ -134,11 +129,10 @@ class FREEDOM(Recommender):
         reg_weight: float = 1e-4,
         refine_graph: bool = False,
         seed: int = 999,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("model.mm_layers", mm_layers, 0)
         require_at_least("model.ui_layers", ui_layers, 0)
@@ -149,7 +143,7 @@ class FREEDOM(Recommender):
                 f"train_interactions {train_interactions.shape} and item_features "
                 f"{tuple(item_features.shape)} do not match n_users={n_users}, n_items={n_items}"
             )
-        self.save_hyperparameters(ignore=["item_features", "item_graph", "train_interactions"])
+        self.save_hyperparameters(ignore=["item_features", "item_graph", "train_interactions", "optimizer"])
         self.n_users, self.n_items = n_users, n_items
         self.mm_layers, self.ui_layers = mm_layers, ui_layers
         self.dropout, self.reg_weight, self.seed = float(dropout), float(reg_weight), int(seed)
@@ -161,7 +155,7 @@ class FREEDOM(Recommender):
         users, items = bipartite_edges(train_interactions)
         self.register_buffer("edge_users", users, persistent=False)
         self.register_buffer("edge_items", items, persistent=False)
-        self.full_graph = SparseOperator(normalized_bipartite_adjacency(users, items, n_users, n_items))
+        self.full_graph = SparseOperator(normalize_adjacency(bipartite_adjacency(users, items, n_users, n_items)))
         self.pruned_graph: SparseOperator | None = None  # drawn before every training epoch
 
         self.user_embedding = nn.Embedding(n_users, d)
@@ -183,7 +177,7 @@ class FREEDOM(Recommender):
         keep = degree_sensitive_pruning(
             users, items, self.n_users, self.n_items, self.dropout, _epoch_generator(self.seed, epoch)
         )
-        adjacency = normalized_bipartite_adjacency(users[keep], items[keep], self.n_users, self.n_items)
+        adjacency = normalize_adjacency(bipartite_adjacency(users[keep], items[keep], self.n_users, self.n_items))
         return SparseOperator(adjacency).to(self.edge_users.device)
 
     def on_train_epoch_start(self) -> None:
@@ -197,7 +191,7 @@ class FREEDOM(Recommender):
         for _ in range(self.mm_layers):
             h = self.item_item(h)
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = sparse_propagate(graph, ego, self.ui_layers, reduce="mean")
+        out = propagate(graph, ego, self.ui_layers, reduce="mean")
         return out[: self.n_users], out[self.n_users :] + h
 
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:

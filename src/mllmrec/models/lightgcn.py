@@ -13,14 +13,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
 from mllmrec.models.bpr import embedding_l2
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["LightGCN"]
 
@@ -33,8 +29,8 @@ class LightGCN(Recommender):
         E = \frac{1}{L+1} \sum_{l=0}^{L} E^{(l)}, \qquad y_{ui} = e_u \cdot e_i
 
     with ``Â`` the normalised bipartite adjacency of the training interactions
-    (:func:`~mllmrec.models.ui_graph.normalized_bipartite_adjacency`). The propagation is recomputed in
-    every training batch (the embeddings change) and once per evaluation pass.
+    (:func:`~mllmrec.graph.normalize_adjacency` of :func:`~mllmrec.models.ui_graph.bipartite_adjacency`).
+    The propagation is recomputed in every training batch (the embeddings change) and once per evaluation pass.
 
     Args:
         train_interactions: training split ``R`` (scipy sparse ``[U, I]``).
@@ -51,21 +47,20 @@ class LightGCN(Recommender):
         d: int = 64,
         layers: int = 3,
         reg_weight: float = 1e-4,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("model.layers", layers, 0)
         if tuple(train_interactions.shape) != (n_users, n_items):
             raise ValueError(f"train_interactions has shape {train_interactions.shape}, expected "
                              f"({n_users}, {n_items})")
-        self.save_hyperparameters(ignore=["train_interactions"])
+        self.save_hyperparameters(ignore=["train_interactions", "optimizer"])
         self.n_users, self.n_items, self.layers = n_users, n_items, layers
         self.reg_weight = float(reg_weight)
         users, items = bipartite_edges(train_interactions)
-        self.adjacency = SparseOperator(normalized_bipartite_adjacency(users, items, n_users, n_items))
+        self.adjacency = SparseOperator(normalize_adjacency(bipartite_adjacency(users, items, n_users, n_items)))
         self.user_embedding = nn.Embedding(n_users, d)
         self.item_embedding = nn.Embedding(n_items, d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -76,7 +71,7 @@ class LightGCN(Recommender):
     def propagated(self) -> tuple[Tensor, Tensor]:
         """Final user [U, d] and item [I, d] representations."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = sparse_propagate(self.adjacency, ego, self.layers, reduce="mean")
+        out = propagate(self.adjacency, ego, self.layers, reduce="mean")
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:

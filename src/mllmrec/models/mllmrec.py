@@ -13,14 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mllmrec.graph import normalize_adjacency, propagate
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
-from mllmrec.models.ui_graph import (
-    SparseOperator,
-    bipartite_edges,
-    normalized_bipartite_adjacency,
-    sparse_propagate,
-)
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["MLLMRec", "mlp_tower"]
 
@@ -83,18 +78,17 @@ class MLLMRec(Recommender):
         hidden_dim: int | None = None,
         layers: int = 1,
         negative_slope: float = 0.01,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
         train_interactions: sp.spmatrix | None = None,
         ui_layers: int = 0,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         require_at_least("graph.layers", layers, 0)
         require_at_least("model.ui_layers", ui_layers, 0)
         hidden_dim = hidden_dim or 4 * d
-        self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph", "train_interactions"])
+        self.save_hyperparameters(ignore=["item_features", "user_features", "item_graph", "train_interactions", "optimizer"])
         n_items, feat_dim = item_features.shape
         self.n_items, self.layers = n_items, layers
         self.register_buffer("item_features", item_features.float(), persistent=False)
@@ -128,7 +122,9 @@ class MLLMRec(Recommender):
                                  f"{user_features.shape[0]}")
             self.n_users = n_graph_users
             users, items = bipartite_edges(train_interactions)
-            self.ui_graph = SparseOperator(normalized_bipartite_adjacency(users, items, n_graph_users, n_items))
+            self.ui_graph = SparseOperator(
+                normalize_adjacency(bipartite_adjacency(users, items, n_graph_users, n_items))
+            )
         self._eval_users: Tensor | None = None
         self._eval_items: Tensor | None = None
 
@@ -182,7 +178,7 @@ class MLLMRec(Recommender):
         assert self.ui_graph is not None
         h_u = self.user_tower(self.all_user_inputs())
         h_i = self.item_repr()
-        z = sparse_propagate(self.ui_graph, F.normalize(torch.cat([h_u, h_i])), self.ui_layers, reduce="sum")
+        z = propagate(self.ui_graph, F.normalize(torch.cat([h_u, h_i])), self.ui_layers, reduce="sum")
         return h_u + z[: h_u.shape[0]], h_i + z[h_u.shape[0] :]
 
     # ------------------------------------------------------------------ Recommender

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mllmrec.models.base import Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
 from mllmrec.models.bpr import embedding_l2
 
 __all__ = ["VBPR"]
@@ -43,15 +43,14 @@ class VBPR(Recommender):
         n_users: int,
         d: int = 64,
         reg_weight: float = 1e-5,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, ks=ks)
+        super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
         if item_features.dim() != 2:
             raise ValueError(f"item_features must be [I, d_t], got {tuple(item_features.shape)}")
-        self.save_hyperparameters(ignore=["item_features"])
+        self.save_hyperparameters(ignore=["item_features", "optimizer"])
         self.reg_weight = float(reg_weight)
         n_items, feat_dim = item_features.shape
         self.register_buffer("item_features", item_features.float(), persistent=False)

@@ -49,12 +49,11 @@ def run_prepare(cfg: DictConfig) -> PrepareOutcome:
         return import_mmrec(root, name, out, opts, meta_file=meta_file, display_name=ds.get("display_name"),
                             feature_files=features)
 
-    if ds.get("generate") == "demo":
-        from mllmrec.data.demo import ensure_demo_dataset
+    if ds.get("generate"):
+        from mllmrec.data.open import ensure_generated
         from mllmrec.data.processed import DatasetLayout, read_manifest
 
-        layout = ensure_demo_dataset(ds.root, n_users=int(ds.n_users), n_items=int(ds.n_items),
-                                     seed=int(ds.generator_seed), split_seed=int(ds.split_seed))
+        layout = ensure_generated(OmegaConf.to_container(ds, resolve=True))
         log.info("demo dataset ready in %s", layout.processed)
         return PrepareOutcome(DatasetLayout(layout.root), True, read_manifest(layout.root))
 

@@ -13,9 +13,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.errors import MllmrecError
 from mllmrec.reasoning.backends.base import Sampling
+from mllmrec.reasoning.outputs import check_history
 from mllmrec.reasoning.prompts import LIST_STYLES
 
-__all__ = ["ReasonConfigError", "MllmSpec", "DatasetSpec", "ReasonSettings", "BACKENDS"]
+__all__ = [
+    "ReasonConfigError",
+    "MllmSpec",
+    "DatasetSpec",
+    "OpenAIOptions",
+    "TransformersOptions",
+    "FakeOptions",
+    "ReasonSettings",
+    "BACKENDS",
+]
 
 BACKENDS = ("vllm", "openai", "transformers", "fake")
 
@@ -105,7 +115,7 @@ class DatasetSpec:
     root: Path
     format: str
     generate: str | None
-    generator: dict[str, Any]
+    config: dict[str, Any]  # the whole dataset node, for mllmrec.data.open_dataset
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "DatasetSpec":
@@ -119,41 +129,154 @@ class DatasetSpec:
         display = str(raw.get("display_name") or "").strip()
         if not display:
             raise ReasonConfigError(f"dataset.display_name is empty for {name!r}: Prompt 1 names the category")
-        generator = {k: raw[k] for k in ("n_users", "n_items", "generator_seed", "split_seed") if k in raw}
-        return cls(name, display, Path(os.path.expanduser(str(raw["root"]))), fmt,
-                   raw.get("generate"), generator)
+        root = Path(os.path.expanduser(str(raw["root"])))
+        return cls(name, display, root, fmt, raw.get("generate"), {**dict(raw), "root": str(root)})
+
+
+class _Node:
+    """One node of ``reason.*`` read strictly: conf/reason.yaml is the only place a default is
+    written, so a key missing here means a config composed without it, and is named as such."""
+
+    def __init__(self, raw: Mapping[str, Any], path: str) -> None:
+        self.raw, self.path = raw, path
+
+    def get(self, key: str) -> Any:
+        if key not in self.raw:
+            raise ReasonConfigError(
+                f"{self.path}.{key} is missing from the config: conf/reason.yaml defines every "
+                "reason.* key (with its default); compose from it or set the key"
+            )
+        return self.raw[key]
+
+    def node(self, key: str) -> "_Node":
+        value = self.get(key)
+        if not isinstance(value, Mapping):
+            raise ReasonConfigError(f"{self.path}.{key} must be a mapping, got {value!r}")
+        return _Node(value, f"{self.path}.{key}")
+
+    def int(self, key: str, minimum: int = 0) -> int:
+        number = _opt_int(self.get(key), f"{self.path}.{key}", minimum)
+        if number is None:
+            raise ReasonConfigError(f"{self.path}.{key} must be an integer, got null")
+        return number
+
+    def opt_int(self, key: str, minimum: int = 0) -> int | None:
+        return _opt_int(self.get(key), f"{self.path}.{key}", minimum)
+
+    def float(self, key: str, minimum: float | None = None, strict: bool = False) -> float:
+        value = self.get(key)
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ReasonConfigError(f"{self.path}.{key} must be a number, got {value!r}") from exc
+        if minimum is not None and (number <= minimum if strict else number < minimum):
+            raise ReasonConfigError(f"{self.path}.{key} must be {'>' if strict else '>='} {minimum}, got {number}")
+        return number
+
+    def bool(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise ReasonConfigError(f"{self.path}.{key} must be true or false, got {value!r}")
+        return value
+
+    def str(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise ReasonConfigError(f"{self.path}.{key} must be a string, got null")
+        return str(value)
+
+    def opt_str(self, key: str) -> str | None:
+        value = self.get(key)
+        return None if value is None or value == "" else str(value)
+
+
+@dataclass(frozen=True)
+class OpenAIOptions:
+    """``reason.openai``: an OpenAI-compatible server (Ollama, ``vllm serve``, llama.cpp, hosted)."""
+
+    base_url: str
+    api_key: str | None
+    model: str | None  # served name; None = the mllm's Ollama tag or HF id, whichever is served
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+    backoff_s: float
+    backoff_max_s: float
+    probe_timeout_s: float
+
+    @classmethod
+    def from_node(cls, n: _Node) -> "OpenAIOptions":
+        return cls(
+            base_url=n.opt_str("base_url") or "", api_key=n.opt_str("api_key"), model=n.opt_str("model"),
+            concurrency=n.int("concurrency", 1), timeout_s=n.float("timeout_s", 0, strict=True),
+            max_retries=n.int("max_retries"), backoff_s=n.float("backoff_s", 0),
+            backoff_max_s=n.float("backoff_max_s", 0), probe_timeout_s=n.float("probe_timeout_s", 0, strict=True),
+        )
+
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    """``reason.transformers``: Hugging Face transformers in this process."""
+
+    device: str
+    dtype: str | None  # None = mllm.dtype on GPU, float32 on CPU
+    batch_size: int
+    cache_dir: Path | None  # converted GGUF models; None = no cache
+    trust_remote_code: bool
+
+    @classmethod
+    def from_node(cls, n: _Node) -> "TransformersOptions":
+        cache_dir = n.opt_str("cache_dir")
+        return cls(
+            device=n.str("device"), dtype=n.opt_str("dtype"), batch_size=n.int("batch_size", 1),
+            cache_dir=Path(os.path.expanduser(cache_dir)) if cache_dir else None,
+            trust_remote_code=n.bool("trust_remote_code"),
+        )
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    """``reason.fake``: the deterministic dry-run backend."""
+
+    delay_s: float
+
+    @classmethod
+    def from_node(cls, n: _Node) -> "FakeOptions":
+        return cls(delay_s=n.float("delay_s", 0))
 
 
 @dataclass(frozen=True)
 class ReasonSettings:
-    """Everything a run needs; see conf/reason.yaml for the meaning of each key."""
+    """Everything a run needs, typed and checked; conf/reason.yaml holds the meaning and the default
+    of each key (no default is repeated here or in :func:`~mllmrec.reasoning.backends.make_backend`)."""
 
     dataset: DatasetSpec
     mllm: MllmSpec
     backend: str
-    history: str = "train"
-    separator: str = " "
-    list_style: str = "python"
-    chunk_size: int = 256
-    shard: int = 0
-    num_shards: int = 1
-    shard_wait_s: float = 0.0
-    poll_s: float = 10.0
-    limit_items: int | None = None
-    limit_users: int | None = None
-    seed: int = 0
-    empty_retries: int = 1
-    retry_failed: bool = True
-    max_prompt_tokens: int = 0
-    prompt_margin_tokens: int = 64
-    item_max_tokens: int = 256
-    chars_per_token: float = 3.0
-    image_workers: int = 8
-    progress: bool = True
-    openai: dict[str, Any] = field(default_factory=dict)
-    transformers: dict[str, Any] = field(default_factory=dict)
-    vllm: dict[str, Any] = field(default_factory=dict)
-    fake: dict[str, Any] = field(default_factory=dict)
+    history: str
+    separator: str
+    list_style: str
+    chunk_size: int
+    shard: int
+    num_shards: int
+    shard_wait_s: float
+    poll_s: float
+    limit_items: int | None
+    limit_users: int | None
+    seed: int
+    empty_retries: int
+    retry_failed: bool
+    max_prompt_tokens: int
+    prompt_margin_tokens: int
+    item_max_tokens: int
+    chars_per_token: float
+    image_workers: int
+    allow_outside_images: bool
+    progress: bool
+    openai: OpenAIOptions
+    transformers: TransformersOptions
+    vllm: dict[str, Any]  # extra vllm.LLM(...) arguments, over mllm.vllm (passed through as given)
+    fake: FakeOptions
 
     @property
     def output_name(self) -> str:
@@ -162,27 +285,26 @@ class ReasonSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ReasonSettings":
-        reason = _container(cfg["reason"])
-        seed = int(reason.get("seed", 0))
+        reason = _Node(_container(cfg["reason"]), "reason")
+        seed = reason.int("seed")
         mllm = MllmSpec.from_mapping(_container(cfg["mllm"]), seed)
         dataset = DatasetSpec.from_mapping(_container(cfg["dataset"]))
-        backend = str(reason.get("backend") or mllm.backend)
+        backend = reason.opt_str("backend") or mllm.backend
         if backend not in BACKENDS:
             raise ReasonConfigError(f"reason.backend={backend!r} is not one of {BACKENDS}")
-        history = str(reason.get("history", "train"))
-        if history not in ("train", "all"):
-            raise ReasonConfigError(
-                f"reason.history must be 'train' (default) or 'all' (the authors' leaky variant), got {history!r}"
-            )
-        list_style = str(reason.get("list_style", "python"))
+        try:
+            history = check_history(reason.str("history"))
+        except ValueError as exc:
+            raise ReasonConfigError(str(exc)) from None
+        list_style = reason.str("list_style")
         if list_style not in LIST_STYLES:
             raise ReasonConfigError(f"reason.list_style={list_style!r} is not one of {LIST_STYLES}")
-        num_shards = _opt_int(reason.get("num_shards", 1), "reason.num_shards", 1) or 1
-        shard = _opt_int(reason.get("shard", 0), "reason.shard") or 0
+        num_shards = reason.int("num_shards", 1)
+        shard = reason.int("shard")
         if shard >= num_shards:
             raise ReasonConfigError(f"reason.shard={shard} must be < reason.num_shards={num_shards}")
-        margin = _opt_int(reason.get("prompt_margin_tokens", 64), "reason.prompt_margin_tokens") or 0
-        max_prompt = _opt_int(reason.get("max_prompt_tokens"), "reason.max_prompt_tokens", 1)
+        margin = reason.int("prompt_margin_tokens")
+        max_prompt = reason.opt_int("max_prompt_tokens", 1)
         if max_prompt is None:
             max_prompt = mllm.max_model_len - mllm.sampling.max_tokens - margin
         if max_prompt + mllm.sampling.max_tokens > mllm.max_model_len:
@@ -195,9 +317,6 @@ class ReasonSettings:
                 f"only {max_prompt} prompt tokens are left by mllm.max_model_len={mllm.max_model_len}: "
                 "raise it or lower mllm.sampling.max_tokens"
             )
-        chars_per_token = float(reason.get("chars_per_token", 3.0))
-        if chars_per_token <= 0:
-            raise ReasonConfigError(f"reason.chars_per_token must be > 0, got {chars_per_token}")
         if mllm.vision and mllm.gguf and backend == "transformers":
             raise ReasonConfigError("a GGUF model loads text-only here: set mllm.vision=false")
         return cls(
@@ -205,26 +324,27 @@ class ReasonSettings:
             mllm=mllm,
             backend=backend,
             history=history,
-            separator=str(reason.get("separator", " ")),
+            separator=reason.str("separator"),
             list_style=list_style,
-            chunk_size=_opt_int(reason.get("chunk_size", 256), "reason.chunk_size", 1) or 256,
+            chunk_size=reason.int("chunk_size", 1),
             shard=shard,
             num_shards=num_shards,
-            shard_wait_s=float(reason.get("shard_wait_s", 0.0)),
-            poll_s=float(reason.get("poll_s", 10.0)),
-            limit_items=_opt_int(reason.get("limit_items"), "reason.limit_items"),
-            limit_users=_opt_int(reason.get("limit_users"), "reason.limit_users"),
+            shard_wait_s=reason.float("shard_wait_s", 0),
+            poll_s=reason.float("poll_s", 0),
+            limit_items=reason.opt_int("limit_items"),
+            limit_users=reason.opt_int("limit_users"),
             seed=seed,
-            empty_retries=_opt_int(reason.get("empty_retries", 1), "reason.empty_retries") or 0,
-            retry_failed=bool(reason.get("retry_failed", True)),
+            empty_retries=reason.int("empty_retries"),
+            retry_failed=reason.bool("retry_failed"),
             max_prompt_tokens=max_prompt,
             prompt_margin_tokens=margin,
-            item_max_tokens=_opt_int(reason.get("item_max_tokens", 256), "reason.item_max_tokens", 8) or 256,
-            chars_per_token=chars_per_token,
-            image_workers=_opt_int(reason.get("image_workers", 8), "reason.image_workers", 1) or 8,
-            progress=bool(reason.get("progress", True)),
-            openai=dict(reason.get("openai") or {}),
-            transformers=dict(reason.get("transformers") or {}),
-            vllm=dict(reason.get("vllm") or {}),
-            fake=dict(reason.get("fake") or {}),
+            item_max_tokens=reason.int("item_max_tokens", 8),
+            chars_per_token=reason.float("chars_per_token", 0, strict=True),
+            image_workers=reason.int("image_workers", 1),
+            allow_outside_images=reason.bool("allow_outside_images"),
+            progress=reason.bool("progress"),
+            openai=OpenAIOptions.from_node(reason.node("openai")),
+            transformers=TransformersOptions.from_node(reason.node("transformers")),
+            vllm=dict(reason.node("vllm").raw),
+            fake=FakeOptions.from_node(reason.node("fake")),
         )

@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mllmrec.errors import ConfigError
+from mllmrec.reasoning.outputs import ITEM_TABLE, MANIFEST, USER_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ __all__ = [
 
 #: written into the outputs folder after a complete run (see the module docstring)
 STAGE_FILE = "stage.json"
-#: the two tables the training app reads (mllmrec.train.datamodule checks the same two)
-TRAINING_TABLES = ("item_descriptions.parquet", "user_profiles.parquet")
+#: the two tables the training app reads (as reasoning.outputs.require_outputs checks)
+TRAINING_TABLES = (ITEM_TABLE, USER_TABLE)
 
 # Keys under `reason` / `mllm` that say how the work is run, not what comes out: a rerun that
 # changes only these is still finished. Anything else errs on the side of running again (which only
@@ -117,7 +118,7 @@ def stage_fingerprint(cfg: DictConfig | Mapping[str, Any]) -> str:
 
 def _why_not_finished(folder: Path, fingerprint: str) -> str | None:
     """None when ``folder`` holds a complete run for ``fingerprint``, else the reason it does not."""
-    record_path, manifest_path = folder / STAGE_FILE, folder / "manifest.json"
+    record_path, manifest_path = folder / STAGE_FILE, folder / MANIFEST
     if not record_path.is_file() or not manifest_path.is_file():
         return "no complete run recorded"
     try:
@@ -189,7 +190,7 @@ def run_stage(cfg: DictConfig | Mapping[str, Any], is_done: Callable[[DictConfig
         if result.complete:
             atomic_write_json(result.out_dir / STAGE_FILE, {
                 "fingerprint": stage_fingerprint(cfg),
-                "manifest_sha256": _sha256(result.out_dir / "manifest.json"),
+                "manifest_sha256": _sha256(result.out_dir / MANIFEST),
             })
         return result.out_dir
     finally:

@@ -4,8 +4,10 @@ Each completed chunk of generations becomes one small parquet file under ``<dir>
 written to a temp name and renamed into place, so a file is either complete or absent: a process
 killed at any moment loses at most the chunk it was working on, and a rerun regenerates exactly
 the keys that have no record. Readers take every shard (temp files start with ``.`` and are
-ignored), and when one key has several records (two processes raced, or a failure was retried)
-the first successful one wins, else the latest failure: the result does not depend on timing.
+ignored; a corrupt one, e.g. truncated by a disk error, is moved aside with a warning and its
+generations are made again), and when one key has several records (two processes raced, or a
+failure was retried) the first successful one wins, else the latest failure: the result does not
+depend on timing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mllmrec.cache import atomic_path
+from mllmrec.cache import atomic_path, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ class GenerationStore:
         """Read shards written since the last call (by this or any process). Returns how many."""
         new = [p for p in self._shard_files() if p.name not in self._seen]
         for path in new:
-            frame = pd.read_parquet(path)
+            frame = self._read_shard(path)
+            if frame is None:  # corrupt: moved aside; its keys have no record and are generated again
+                continue
             for row in frame.itertuples(index=False):
                 self._merge(Record(
                     key=row.key, kind=row.kind, ref=int(row.ref), status=row.status, text=row.text,
@@ -83,6 +87,22 @@ class GenerationStore:
                 ))
             self._seen.add(path.name)
         return len(new)
+
+    @staticmethod
+    def _read_shard(path: Path) -> pd.DataFrame | None:
+        """A shard's records; None for a truncated or garbled shard, which is moved aside with a warning
+        (as ``<name>.corrupt-<time>``, no longer matching ``*.parquet``)."""
+        try:
+            frame = pd.read_parquet(path)
+            missing = set(RECORD_COLUMNS) - set(frame.columns)
+            if missing:
+                raise ValueError(f"columns {sorted(missing)} missing")
+            return frame
+        except (MemoryError, PermissionError, FileNotFoundError):
+            raise
+        except Exception as err:  # noqa: BLE001  (pyarrow raises its own types for a bad file)
+            quarantine(path, f"{type(err).__name__}: {err}")
+            return None
 
     def _merge(self, record: Record) -> None:
         old = self._records.get(record.key)

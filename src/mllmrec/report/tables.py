@@ -106,9 +106,9 @@ def load_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def config_keys(jobs: pd.DataFrame) -> list[str]:
     """The config keys that tell the jobs' configurations apart (varying ones, seed excluded), plus
     dataset / mllm / variant, which the tables always show. The tables' own keys come first, so that
-    an interpolated copy (``data.graph.alpha``, ``dataset.tuned.alpha`` behind ``graph.alpha``) is the
-    one dropped. Copies of the seed (``data.seed: ${seed}``) are dropped too: they vary with the seed,
-    and keeping them would make every seed a configuration of its own (no mean ± std over seeds)."""
+    an interpolated copy (``dataset.tuned.alpha`` behind ``graph.alpha``) is the one dropped. Copies of
+    the seed (``data.seed: ${seed}``) are dropped too: they vary with the seed, and keeping them would
+    make every seed a configuration of its own (no mean ± std over seeds)."""
     metric_cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | {"job_dir", "overrides", "best_epoch"}
     canonical = [k for k in (DATASET, MLLM, VARIANT, ALPHA, KC, D) if k in jobs]
     others = [c for c in jobs.columns if c not in canonical and c not in metric_cols and c != SEED

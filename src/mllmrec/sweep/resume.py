@@ -45,8 +45,8 @@ def finished_summary(cfg: DictConfig) -> dict[str, Any] | None:
     wanted = config_fingerprint(cfg)
     found = summary.get("config_fingerprint") if isinstance(summary, dict) else None
     if found != wanted:
-        log.info("%s was written for another config (fingerprint %s, now %s): running the job again",
-                 path, found, wanted)
+        log.info("%s was written for another config or other input files (fingerprint %s, now %s): "
+                 "running the job again", path, found, wanted)
         return None
     log.info("skipping: %s already holds this config's results (skip_finished=false reruns it)", path)
     return summary

@@ -63,7 +63,9 @@ class GraphStatistics(Callback):
     Writes ``graph_statistics.json`` (edges kept/pruned by alpha, co-occurrence edges added, overlap,
     final edges, out-degrees, share of kNN edges below 0.5 and below alpha), ``similarity_histogram.png``
     and ``degree_histogram.png`` into ``output_dir``; scalars go to every logger as ``graph/<name>``.
-    Needs a datamodule with ``item_features``, ``data.train``, ``graph_cfg`` and ``item_graph``.
+    Needs a datamodule with ``item_graph`` and ``graph_statistics`` (the
+    :class:`~mllmrec.graph.GraphBuildStatistics` its graph build produced, or read back from the graph
+    cache): nothing here builds or searches anything.
     """
 
     def __init__(self, output_dir: str | Path, bins: int = 50) -> None:
@@ -73,30 +75,29 @@ class GraphStatistics(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from mllmrec.cache import atomic_write_json
-        from mllmrec.graph import graph_statistics
 
         dm = trainer.datamodule
-        if not trainer.is_global_zero or any(
-            getattr(dm, name, None) is None for name in ("item_features", "data", "graph_cfg", "item_graph")
-        ):
+        # graph_statistics is set only when this run built (or read) the graph: a model that does not
+        # read the graph never makes the datamodule build it, and neither does this callback
+        if not trainer.is_global_zero or getattr(dm, "graph_statistics", None) is None:
             log.info("graph statistics skipped: the datamodule has no refined item graph")
             return
-        g = dm.graph_cfg
-        stats = graph_statistics(dm.item_features, dm.data.train, g.ks, g.alpha, g.kc)
-        similarities = stats.pop("knn_similarities")
-        for threshold, name in ((0.5, "knn_below_0.5"), (g.alpha, "knn_below_alpha")):
+        built = dm.graph_statistics
+        stats: dict[str, Any] = built.counts()
+        similarities = built.knn_similarities
+        for threshold, name in ((0.5, "knn_below_0.5"), (built.alpha, "knn_below_alpha")):
             stats[name] = float((similarities < threshold).mean()) if similarities.size else 0.0
-        stats.update(ks=g.ks, alpha=g.alpha, kc=g.kc)
+        stats.update(ks=built.k_s, alpha=built.alpha, kc=built.k_c)
         degrees = torch.bincount(dm.item_graph.coalesce().indices()[0], minlength=dm.item_graph.shape[0])
         images = {
             "graph/similarity_histogram": plots.similarity_histogram(
-                similarities, g.alpha, self.output_dir / "similarity_histogram.png", self.bins),
+                similarities, built.alpha, self.output_dir / "similarity_histogram.png", self.bins),
             "graph/degree_histogram": plots.degree_histogram(
                 degrees.cpu().numpy(), self.output_dir / "degree_histogram.png"),
         }
         atomic_write_json(self.output_dir / "graph_statistics.json", stats)
         log.info("item graph: %d kNN edges, %d kept by alpha=%g (%d pruned), %d co-occurrence edges, "
-                 "%d in total", stats["knn_edges"], stats["alpha_kept"], g.alpha, stats["alpha_pruned"],
+                 "%d in total", stats["knn_edges"], stats["alpha_kept"], built.alpha, stats["alpha_pruned"],
                  stats["cooccurrence_edges"], stats["final_edges"])
         log_scalars(trainer.loggers, {f"graph/{k}": v for k, v in stats.items()})
         log_images(trainer.loggers, images)

@@ -2,18 +2,147 @@
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mllmrec.data.errors import did_you_mean
 from mllmrec.errors import ConfigError
 
-__all__ = ["ConfigError", "validate_train_config"]
+__all__ = ["ConfigError", "build_spec", "check_added_keys", "check_constructor_keys", "validate_train_config"]
+
+
+#: config nodes whose keys are passed on as free-form arguments (``+mllm.vllm.swap_space=4`` is fine
+#: there), or that hold whole ``_target_`` entries (``+callbacks.my_callback={_target_: ...}``)
+FREE_FORM_NODES = ("callbacks", "logger", "mllm.vllm", "mllm.sampling", "reason", "hydra", "tags", "local")
 
 
 def _require(cond: bool, key: str, value: object, rule: str) -> None:
     if not cond:
         raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def build_spec(node: DictConfig, key: str) -> Any:
+    """The typed spec of a config group with a ``_target_`` (``GraphSpec``, ``EncoderSpec``, ...).
+
+    Called directly rather than through ``hydra.utils.instantiate``, which would wrap the spec's own
+    :class:`ConfigError` (naming the key and the fix) in an ``InstantiationException``.
+    """
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+    spec_class = hydra.utils.get_class(node._target_)
+    unknown = sorted(set(values) - set(inspect.signature(spec_class).parameters))
+    if unknown:
+        name = unknown[0]
+        raise ConfigError(f"{key}.{name}: not a setting of {node._target_}"
+                          f"{did_you_mean(name, inspect.signature(spec_class).parameters)}")
+    return spec_class(**values)
+
+
+def _annotation_check(hint: Any, value: Any) -> str | None:
+    """The expected type's name when ``value`` does not fit a simple ``int``/``float``/``bool``/``str``
+    annotation (optionally ``| None``), else None. Other annotations are not checked."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    simple = [a for a in args if a in (int, float, bool, str)]
+    if not simple or len(simple) + (type(None) in args) != len(args):
+        return None
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    expected = " or ".join(names[a] for a in simple) + (" or null" if type(None) in args else "")
+    if value is None:
+        return None if type(None) in args else expected
+    fits = {int: _is_int(value), float: _is_number(value), bool: isinstance(value, bool), str: isinstance(value, str)}
+    return None if any(fits[a] for a in simple) else expected
+
+
+def _check_arguments(node: DictConfig, key: str, target: Any, skip: Iterable[str] = ()) -> None:
+    """Every key of ``node`` is a parameter of ``target`` (else the closest name is suggested), and
+    values of ``int``/``float``/``bool``/``str`` parameters have that type."""
+    signature = inspect.signature(target)
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # unresolvable annotations: keys are still checked, types are not
+        hints = {}
+    for name in node:
+        if name.startswith("_") or name in skip:
+            continue
+        if name not in params:
+            raise ConfigError(f"{key}.{name}: not a parameter of {getattr(target, '__qualname__', target)}"
+                              f"{did_you_mean(name, [p for p in params if p != 'self'])}. Remove it or fix its name.")
+        value = node[name]
+        if name in hints and not isinstance(value, (DictConfig, ListConfig)):
+            expected = _annotation_check(hints[name], value)
+            if expected is not None:
+                raise ConfigError(f"{key}.{name}={value!r}: must be {expected}")
+
+
+def check_constructor_keys(cfg: DictConfig) -> None:
+    """``model.*``, ``model.optimizer.*`` and ``data.*`` keys against their ``_target_``'s signature,
+    before any data is loaded (a typo would otherwise fail after loading and encoding, or never)."""
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    _check_arguments(cfg.model, "model", model_class)
+    optimizer = cfg.model.get("optimizer")
+    if optimizer is not None and "_target_" in optimizer:
+        _check_arguments(optimizer, "model.optimizer", hydra.utils.get_class(optimizer._target_))
+    _check_arguments(cfg.data, "data", hydra.utils.get_class(cfg.data._target_))
+
+
+def _added_keys() -> list[str]:
+    """The keys this run added with ``+key=value`` on the command line (not ``++``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    added = []
+    for override in HydraConfig.get().overrides.task:
+        if override.startswith("+") and not override.startswith("++") and "=" in override:
+            key = override[1:].split("=", 1)[0]
+            if "@" not in key and "/" not in key:  # +group@pkg=choice adds a config, not a key
+                added.append(key)
+    return added
+
+
+def check_added_keys(cfg: DictConfig, added: Iterable[str] | None = None) -> None:
+    """A key added with ``+`` must be read by something: a parameter of a ``_target_`` node (checked
+    by :func:`check_constructor_keys` and the specs) or a free-form node (:data:`FREE_FORM_NODES`).
+    Anything else (``+graph.alpah=0.5``) would be silently ignored: it is an error naming the
+    closest existing key."""
+    for key in _added_keys() if added is None else added:
+        if any(key == node or key.startswith(node + ".") for node in FREE_FORM_NODES):
+            continue
+        parent_key, _, name = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if isinstance(parent, DictConfig) and "_target_" in parent:
+            continue  # its constructor's signature decides (checked above)
+        siblings = [k for k in parent] if isinstance(parent, DictConfig) else []
+        known = [k for k in siblings if k != name]
+        raise ConfigError(f"+{key}: no such setting; a key added with '+' would be ignored"
+                          f"{did_you_mean(name, known)}. Set an existing key without '+'.")
+
+
+def _check_accelerator(accelerator: Any) -> None:
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator!r}: no CUDA GPU is visible to this process "
+                              "(torch.cuda.is_available() is False). Use trainer=cpu, or check "
+                              "CUDA_VISIBLE_DEVICES and that a CUDA build of torch is installed.")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -32,22 +161,32 @@ def validate_train_config(cfg: DictConfig) -> None:
             hint = (" For an MMRec-format folder: dataset=mmrec dataset.root=<folder holding "
                     "<name>.inter> dataset.name=<name>.")
         raise ConfigError(f"config values required but not set: {missing}.{hint}")
-    g = cfg.graph
-    for key in ("ks", "kc", "layers"):
-        _require(isinstance(g[key], int) and not isinstance(g[key], bool), f"graph.{key}", g[key],
-                 "must be an integer")
-    _require(g.ks >= 1, "graph.ks", g.ks, "K_s must be >= 1 (each item keeps its top-K_s neighbours)")
-    _require(g.kc >= 0, "graph.kc", g.kc, "K_c must be >= 0 (0 disables the co-occurrence graph)")
-    _require(g.layers >= 0, "graph.layers", g.layers, "L must be >= 0 (0 disables propagation)")
-    _require(isinstance(g.alpha, (int, float)) and -1.0 <= float(g.alpha) <= 1.0, "graph.alpha",
-             g.alpha, "alpha is a cosine threshold and must lie in [-1, 1] (-1 = no denoising)")
+    for group in ("graph", "encoder"):  # the specs check their own values, once
+        build_spec(cfg[group], group)
+    check_constructor_keys(cfg)
+    check_added_keys(cfg)
+    data, trainer = cfg.data, cfg.trainer
+    for key in ("batch_size", "eval_batch_size"):
+        _require(_is_int(data.get(key)) and data[key] >= 1, f"data.{key}", data.get(key), "must be an integer >= 1")
+    _require(_is_int(cfg.seed), "seed", cfg.seed, "must be an integer")
+    max_epochs = trainer.get("max_epochs")
+    _require(max_epochs is None or (_is_int(max_epochs) and max_epochs >= -1), "trainer.max_epochs", max_epochs,
+             "must be an integer >= 1 (-1 = no limit)")
+    _require(max_epochs != 0, "trainer.max_epochs", max_epochs,
+             "0 would test an untrained model and write its scores as this run's results; train at "
+             "least one epoch (to score a trained model, load its checkpoint: ckpt_path=<run>/checkpoints/last.ckpt)")
     if "d" in cfg.model:
-        _require(isinstance(cfg.model.d, int) and cfg.model.d >= 1, "model.d", cfg.model.d,
+        _require(_is_int(cfg.model.d) and cfg.model.d >= 1, "model.d", cfg.model.d,
                  "the output dimension must be an integer >= 1")
     if cfg.model.get("hidden_dim") is not None:
-        _require(cfg.model.hidden_dim >= 1, "model.hidden_dim", cfg.model.hidden_dim, "must be >= 1 or null")
-    if "lr" in cfg.model:
-        _require(float(cfg.model.lr) > 0, "model.lr", cfg.model.lr, "the learning rate must be > 0")
+        _require(_is_int(cfg.model.hidden_dim) and cfg.model.hidden_dim >= 1, "model.hidden_dim",
+                 cfg.model.hidden_dim, "must be an integer >= 1 or null")
+    optimizer = cfg.model.get("optimizer")
+    if optimizer is not None:
+        lr, decay = optimizer.get("lr"), optimizer.get("weight_decay", 0.0)
+        _require(_is_number(lr) and lr > 0, "model.optimizer.lr", lr, "the learning rate must be a number > 0")
+        _require(_is_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "must be a number >= 0")
+    _check_accelerator(trainer.get("accelerator"))
     ds = cfg.dataset
     if ds.get("format") == "mmrec":
         root = Path(ds.root)

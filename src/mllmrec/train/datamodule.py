@@ -5,8 +5,8 @@ Feature sources, by dataset format and ``mllm``:
 * ``format=mmrec``: the feature ``.npy`` files of the folder, used as they are.
 * ``format=processed``, ``mllm=none``: item description = item text; user "profile" = the user's
   chronological training-item descriptions joined (an honest non-LLM baseline).
-* ``format=processed``, ``mllm=<model>``: ``reasoning/<model>/item_descriptions.parquet`` and
-  ``user_profiles.parquet`` written by ``python reason.py``.
+* ``format=processed``, ``mllm=<model>``: the item descriptions and user profiles written by
+  ``python reason.py`` for ``reason.history``, read through :mod:`mllmrec.reasoning.outputs`.
 
 Texts are embedded with the configured sentence-transformer and cached by content hash.
 """
@@ -14,253 +14,236 @@ Texts are embedded with the configured sentence-transformer and cached by conten
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader
 
-from mllmrec.data import (
-    DatasetError,
-    DatasetLayout,
-    InteractionData,
-    history_text,
-    load_mmrec_dataset,
-    load_processed_dataset,
-    read_items,
-)
-from mllmrec.data.demo import ensure_demo_dataset
-from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
+from mllmrec.data import DatasetError, DatasetLayout, InteractionData, history_text, read_items
+from mllmrec.data.checks import check_feature_rows, check_loaded_dataset, check_texts
+from mllmrec.data.open import check_dataset, open_dataset
 from mllmrec.encoding import EncoderSpec, cached_encode
-from mllmrec.graph import cached_refined_item_graph
+from mllmrec.errors import ConfigError
+from mllmrec.graph import GraphBuildStatistics, GraphSpec, build_refined_item_graph
+from mllmrec.reasoning.outputs import (
+    ITEM_TABLE,
+    ITEM_TEXT_SOURCES,
+    USER_TABLE,
+    check_history,
+    read_reasoning_outputs,
+    require_outputs,
+)
+from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
 
 log = logging.getLogger(__name__)
 
-ITEM_TEXT_SOURCES = ("description", "text", "image_description")
-
-__all__ = ["MLLMRecDataModule", "GraphConfig"]
-
-
-# --------------------------------------------------------------------------- reasoning outputs
-_EMPTY_PROFILE_FIXES = {
-    "skipped_limit": "reason.py ran with reason.limit_users: rerun it without the limit",
-    "failed": "rerun reason.py: it retries recorded failures (reason.retry_failed, on by default)",
-    "no_history": "these users have no training interaction in the chosen history",
-}
-
-
-def _warn_empty_profiles(path: Path, users: pd.DataFrame, profiles: list[str]) -> None:
-    """Say loudly when some users have no profile: they are encoded from an empty text, which
-    silently turns a partial reasoning run (e.g. a ``reason.limit_users`` smoke test) into a poor
-    user tower."""
-    empty = np.array([not p.strip() for p in profiles], dtype=bool)
-    if not empty.any():
-        return
-    statuses = users["status"].to_numpy()[empty] if "status" in users.columns else np.array(["empty"] * empty.sum())
-    counts = pd.Series(statuses).value_counts()
-    detail = "; ".join(
-        f"{n} {status}" + (f" ({_EMPTY_PROFILE_FIXES[status]})" if status in _EMPTY_PROFILE_FIXES else "")
-        for status, n in counts.items()
-    )
-    log.warning("%s: %d of %d users have an empty profile and are encoded from empty text: %s",
-                path, int(empty.sum()), len(profiles), detail)
+__all__ = ["MLLMRecDataModule", "ITEM_TEXT_SOURCES"]
 
 
 # --------------------------------------------------------------------------- the module
-@dataclass
-class GraphConfig:
-    ks: int = 10
-    alpha: float = 0.7
-    kc: int = 10
-    layers: int = 1
-
-
 class MLLMRecDataModule(L.LightningDataModule):
-    """Serves BPR triplets for training and user batches for full-ranking evaluation.
+    """Serves BPR triplets for training and user batches for full-ranking evaluation, and builds the
+    model inputs a model asks for, when it asks for them.
 
-    After :meth:`setup`: ``data`` (:class:`InteractionData`), ``item_features`` [I, d_t] and
-    ``user_features`` [U, d_t] (float32 tensors; ``user_features`` is None when the dataset has none),
-    ``item_graph`` (sparse [I, I], the refined graph of Eq. 10, built from the training split).
+    After :meth:`setup`: ``data`` (:class:`InteractionData`). On first access (so that a model which
+    does not read them, e.g. BPR, does not pay for encoding or the graph build):
+
+    * ``item_features`` [I, d_t] float32: the feature file (MMRec format) or the encoded item
+      descriptions;
+    * ``user_features`` [U, d_t] float32, or None: the feature file or the encoded user profiles
+      (None when ``use_user_features`` is off or an MMRec folder has none);
+    * ``item_graph``: sparse [I, I], the refined graph of Eq. 10 built from the training split, with
+      ``graph_statistics`` (what the build kept and pruned) beside it.
     """
 
     def __init__(
         self,
-        dataset: dict,
-        mllm: dict,
-        encoder: dict,
-        graph: dict,
+        dataset: Mapping[str, Any],
+        mllm: str,
+        encoder: EncoderSpec,
+        graph: GraphSpec,
+        history: str = "train",
         batch_size: int = 2048,
         eval_batch_size: int = 4096,
         seed: int = 999,
         item_text_source: str = "description",
-        profile_history: str = "train",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.dataset_cfg = dict(dataset)
-        self.mllm_cfg = dict(mllm)
-        self.encoder_spec = EncoderSpec(
-            model=encoder.get("model", "all-MiniLM-L6-v2"),
-            max_seq_length=encoder.get("max_seq_length", 256),
-            normalize=bool(encoder.get("normalize", False)),
-            batch_size=int(encoder.get("batch_size", 64)),
-            device=encoder.get("device"),
-        )
-        self.graph_cfg = GraphConfig(**{k: graph[k] for k in ("ks", "alpha", "kc", "layers")})
         if item_text_source not in ITEM_TEXT_SOURCES:
-            raise ValueError(f"item_text_source must be one of {ITEM_TEXT_SOURCES}, got {item_text_source!r}")
+            raise ConfigError(f"data.item_text_source must be one of {ITEM_TEXT_SOURCES}, got {item_text_source!r}")
+        self.dataset_cfg = dict(dataset)
+        self.mllm = mllm
+        self.encoder_spec = encoder
+        self.graph_spec = graph
+        self.history = check_history(history)  # reason.history: which reasoning outputs to read
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.item_text_source = item_text_source
-        self.profile_history = profile_history
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
+        # derived artefacts (embeddings, graphs) go here, never into the (possibly read-only) inputs
+        self._cache_dir = Path(cache_dir) if cache_dir else None
         self.data: InteractionData | None = None
-        self.item_features: torch.Tensor | None = None
-        self.user_features: torch.Tensor | None = None
-        self.item_graph: torch.Tensor | None = None
+        self._texts: tuple[list[str], list[str]] | None = None
+        self._item_features: torch.Tensor | None = None
+        self._user_features: torch.Tensor | None = None
+        self._user_features_ready = False
+        self._item_graph: torch.Tensor | None = None
+        self.graph_statistics: GraphBuildStatistics | None = None  # set with the graph
+        self._origins: dict[str, str] = {}  # item/user feature sources, as messages name them
 
     # ----------------------------------------------------------------- loading
+    @property
+    def is_mmrec(self) -> bool:
+        return self.dataset_cfg.get("format", "processed") == "mmrec"
+
     @property
     def layout(self) -> DatasetLayout:
         return DatasetLayout(self.dataset_cfg["root"])
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where derived artefacts (embeddings, graphs) of this dataset are cached: ``data.cache_dir``
+        (``paths.cache_dir``/<dataset>); without one, a processed dataset's own cache folder, and for an
+        MMRec folder (an input, never written) a per-user folder."""
+        if self._cache_dir is not None:
+            return self._cache_dir
+        if self.is_mmrec:
+            return Path.home() / ".cache" / "mllmrec" / str(self.dataset_cfg["name"])
+        return self.layout.cache
+
+    def _input_names(self) -> tuple[str, dict[str, str]]:
+        """The interaction file and the item/user feature (or text) sources, as messages name them."""
+        cfg = self.dataset_cfg
+        if self.is_mmrec:
+            root = Path(cfg["root"])
+            return str(root / f"{cfg['name']}.inter"), {
+                k: str(root / cfg[f"{k}_features"]) for k in ("item", "user") if cfg.get(f"{k}_features")}
+        folder = self._reasoning_files()
+        if folder is None:
+            return str(self.layout.interactions), {
+                "item": str(self.layout.items), "user": f"{self.layout.items} (histories)"}
+        return str(self.layout.interactions), {"item": str(folder / ITEM_TABLE), "user": str(folder / USER_TABLE)}
+
     def check_inputs(self) -> None:
         """Cheap checks of files and folders, before any heavy work."""
-        cfg = self.dataset_cfg
-        fmt = cfg.get("format", "processed")
-        if self.item_text_source == "image_description" and (
-            fmt == "mmrec" or self.mllm_cfg.get("name", "none") == "none"
-        ):
+        if self.item_text_source == "image_description" and (self.is_mmrec or self.mllm == "none"):
             # without this check the item text would silently be used instead (the w/o T ablation
             # would quietly equal the full model)
-            source = "dataset.format=mmrec serves fixed feature files" if fmt == "mmrec" else "mllm=none has none"
+            source = "dataset.format=mmrec serves fixed feature files" if self.is_mmrec else "mllm=none has none"
             raise DatasetError(
                 "data.item_text_source=image_description (the 'w/o T' ablation) needs the MLLM's image "
                 f"descriptions, but {source}. Produce them with `python reason.py "
-                f"dataset={cfg['name']} mllm=<model>` and train with mllm=<model>."
+                f"dataset={self.dataset_cfg['name']} mllm=<model>` and train with mllm=<model>."
             )
-        if fmt == "mmrec":
-            root = Path(cfg["root"])
-            files = [root / f"{cfg['name']}.inter"] + [
-                root / cfg[k] for k in ("item_features", "user_features") if cfg.get(k)
-            ]
-            for f in files:
-                if not f.is_file():
-                    raise DatasetError(
-                        f"dataset=mmrec: {f} does not exist. Set dataset.root to the folder holding "
-                        f"{cfg['name']}.inter and dataset.item_features/user_features to its feature "
-                        "files (null to skip user features)."
-                    )
-            return
-        if fmt != "processed":
-            raise DatasetError(f"dataset.format must be 'processed' or 'mmrec', got {fmt!r}")
-        if cfg.get("generate") == "demo":
-            return
-        if not self.layout.manifest.is_file():
-            raise DatasetError(
-                f"dataset={cfg['name']}: no processed dataset at {self.layout.processed}. "
-                f"Create it with `python prepare.py dataset={cfg['name']}`."
-            )
-        self._reasoning_files()  # raises with the reason.py command when missing
+        check_dataset(self.dataset_cfg, user_features=self.use_user_features)
+        if not self.is_mmrec and not self.dataset_cfg.get("generate"):
+            self._reasoning_files()  # raises with the reason.py command when missing
 
-    def _reasoning_files(self) -> tuple[Path, Path] | None:
-        name = self.mllm_cfg.get("name", "none")
-        if name == "none":
+    # ---- reasoning outputs: read through mllmrec.reasoning.outputs (the reason -> train contract)
+    def _reasoning_files(self) -> Path | None:
+        """The output folder of ``mllm`` for ``reason.history`` (None for mllm=none), after checking
+        its tables exist (else the error names the ``reason.py`` command)."""
+        if self.mllm == "none":
             return None
-        folder = self.layout.reasoning(name, self.profile_history)
-        items, users = folder / "item_descriptions.parquet", folder / "user_profiles.parquet"
-        missing = [p for p in (items, users) if not p.is_file()]
-        if missing:
-            history = "" if self.profile_history == "train" else f" reason.history={self.profile_history}"
-            raise DatasetError(
-                f"mllm={name}: {', '.join(str(p) for p in missing)} missing. Produce them with "
-                f"`python reason.py dataset={self.dataset_cfg['name']} mllm={name}{history}` "
-                "(or train with mllm=none)."
-            )
-        return items, users
-
-    def _load_data(self) -> InteractionData:
-        cfg = self.dataset_cfg
-        if cfg.get("format") == "mmrec":
-            return load_mmrec_dataset(
-                cfg["root"], cfg["name"], item_features=cfg.get("item_features"),
-                user_features=cfg.get("user_features") if self.use_user_features else None,
-            )
-        if cfg.get("generate") == "demo":
-            ensure_demo_dataset(
-                cfg["root"], n_users=cfg.get("n_users", 600), n_items=cfg.get("n_items", 300),
-                seed=cfg.get("generator_seed", 0), split_seed=cfg.get("split_seed", 999),
-            )
-        return load_processed_dataset(cfg["root"], name=cfg["name"])
+        return require_outputs(self.layout, self.dataset_cfg["name"], self.mllm, self.history)
 
     def item_and_user_texts(self, data: InteractionData) -> tuple[list[str], list[str]]:
         """Item descriptions [I] and user profiles [U] for the processed format."""
-        files = self._reasoning_files()
-        if files is None:
+        if self.mllm == "none":
             items = read_items(self.layout.root, data.n_items)
             item_texts = items["text"].fillna("").astype(str).tolist()
             user_texts = [
                 history_text([item_texts[i] for i in data.history(u)]) for u in range(data.n_users)
             ]
             return item_texts, user_texts
-        items_path, users_path = files
-        items = pd.read_parquet(items_path)
-        users = pd.read_parquet(users_path)
-        column = self.item_text_source
-        for frame, path, col, n in ((items, items_path, column, data.n_items),
-                                    (users, users_path, "profile", data.n_users)):
-            if col not in frame.columns:
-                raise DatasetError(f"{path}: column {col!r} missing; rerun reason.py to rebuild it.")
-            id_col = "item_id" if col != "profile" else "user_id"
-            if len(frame) != n or not np.array_equal(np.sort(frame[id_col].to_numpy()), np.arange(n)):
-                raise DatasetError(
-                    f"{path}: expected one row per id 0..{n - 1}, found {len(frame)} rows. It was made "
-                    "for another version of the dataset: rerun reason.py."
-                )
-        item_texts = items.sort_values("item_id")[column].fillna("").astype(str).tolist()
-        users = users.sort_values("user_id")
-        user_texts = users["profile"].fillna("").astype(str).tolist()
-        _warn_empty_profiles(users_path, users, user_texts)
-        return item_texts, user_texts
+        texts = read_reasoning_outputs(self.layout, self.dataset_cfg["name"], self.mllm, self.history,
+                                       data.n_items, data.n_users, self.item_text_source)
+        return texts.item_texts, texts.user_profiles
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
         self.check_inputs()
-        data = self._load_data()
+        data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
         log.info("%s", data.summary())
-        if self.dataset_cfg.get("format") != "mmrec":
-            item_texts, user_texts = self.item_and_user_texts(data)
-            cache = self.layout.cache / "embeddings"
-            data.item_features = cached_encode(item_texts, self.encoder_spec, cache, "items")
-            if self.use_user_features:
-                data.user_features = cached_encode(user_texts, self.encoder_spec, cache, "users")
-        if data.item_features is None:
-            raise DatasetError(
-                f"dataset={self.dataset_cfg['name']}: no item features. Set dataset.item_features."
-            )
+        # start-up data checks: split overlap and degenerate feature files, before any heavy work
+        origin, self._origins = self._input_names()
+        check_loaded_dataset(data, origin, self._origins, self.exclude_valid_at_test)
         self.data = data
-        self.item_features = torch.from_numpy(data.item_features)
-        self.user_features = (
-            torch.from_numpy(data.user_features) if data.user_features is not None else None
-        )
-        g = self.graph_cfg
-        graph_cache = (
-            self.layout.cache / "graphs" if self.dataset_cfg.get("format") != "mmrec"
-            else Path(self.dataset_cfg["root"]) / ".mllmrec_cache" / "graphs"
-        )
-        self.item_graph = cached_refined_item_graph(
-            self.item_features, data.train, g.ks, g.alpha, g.kc, graph_cache
-        )
-        self.triplets = BPRTriplets(data.train, self.batch_size, self.seed)
+        self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed)
         self.train_sampler = EpochSampler(self.triplets)
+
+    # ----------------------------------------------------------------- model inputs, on demand
+    def _require_setup(self) -> InteractionData:
+        if self.data is None:
+            raise RuntimeError("call setup() first: the datamodule has not loaded its dataset")
+        return self.data
+
+    def _encoded(self, which: str) -> np.ndarray:
+        """Encode the item descriptions or user profiles (processed format), cached by content."""
+        data = self._require_setup()
+        if self._texts is None:
+            self._texts = self.item_and_user_texts(data)
+            check_texts(self._texts[0], "item", self._origins["item"])
+        texts = self._texts[0] if which == "items" else self._texts[1]
+        features = cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", which)
+        what = which[:-1]  # items -> item
+        check_feature_rows(features, what, f"{self._origins[what]} (encoded)")
+        return features
+
+    @property
+    def item_features(self) -> torch.Tensor:
+        """[I, d_t] float32: the dataset's item feature file, or the encoded item descriptions."""
+        if self._item_features is None:
+            data = self._require_setup()
+            if not self.is_mmrec:
+                data.item_features = self._encoded("items")
+            if data.item_features is None:
+                raise DatasetError(
+                    f"dataset={self.dataset_cfg['name']}: this model reads item features, and the "
+                    "dataset has none. Set dataset.item_features to the folder's feature file."
+                )
+            self._item_features = torch.from_numpy(data.item_features)
+        return self._item_features
+
+    @property
+    def user_features(self) -> torch.Tensor | None:
+        """[U, d_t] float32 or None: the dataset's user feature file, or the encoded profiles."""
+        if not self._user_features_ready:
+            data = self._require_setup()
+            if self.use_user_features and not self.is_mmrec:
+                data.user_features = self._encoded("users")
+            features = data.user_features if self.use_user_features else None
+            self._user_features = torch.from_numpy(features) if features is not None else None
+            self._user_features_ready = True
+        return self._user_features
+
+    @property
+    def has_item_graph(self) -> bool:
+        """Whether the refined graph was built (or read from its cache) in this run."""
+        return self._item_graph is not None
+
+    @property
+    def item_graph(self) -> torch.Tensor:
+        """Sparse [I, I]: the refined item graph (Eq. 10) of ``graph``'s settings, training split only."""
+        if self._item_graph is None:
+            data = self._require_setup()
+            spec = self.graph_spec
+            built = build_refined_item_graph(
+                self.item_features, data.train, spec.ks, spec.alpha, spec.kc, self.cache_dir / "graphs"
+            )
+            self._item_graph, self.graph_statistics = built.graph, built.statistics
+        return self._item_graph
 
     # ----------------------------------------------------------------- evaluation targets
     def eval_target(self, split: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:

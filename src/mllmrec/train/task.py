@@ -15,8 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
+from mllmrec.errors import ConfigError
+from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
-from mllmrec.train.checks import validate_train_config
+from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
+from mllmrec.train.checks import build_spec, validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
 from mllmrec.reasoning.stage import reasoning_for_training
 from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
-__all__ = ["train", "popularity_metrics", "best_validation", "instantiate_group"]
+__all__ = ["train", "build_datamodule", "model_inputs", "popularity_metrics", "best_validation", "instantiate_group"]
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -37,24 +40,48 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def model_inputs(target: str, datamodule) -> dict[str, Any]:
-    """The data a model's constructor asks for, by parameter name.
+def build_datamodule(cfg: DictConfig, mllm: str | None = None):
+    """The datamodule of ``cfg.data``, given the dataset, the mllm's name, the encoder and graph specs,
+    ``reason.history`` and the seed from their own groups (each value is written under one key).
+    ``mllm``: the reasoning outputs' folder name when it is not ``mllm.name`` (``<mllm>-fake``)."""
+    factory = hydra.utils.instantiate(cfg.data, _partial_=True)
+    return factory(
+        dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+        mllm=mllm or str(cfg.mllm.name),
+        encoder=build_spec(cfg.encoder, "encoder"),
+        graph=build_spec(cfg.graph, "graph"),
+        history=str(cfg.reason.history),
+        seed=int(cfg.seed),
+    )
+
+
+def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """The data ``cfg.model``'s constructor asks for, by parameter name, built only when asked for.
 
     A model (in this package or anywhere importable via ``_target_``) declares what it needs in its
     ``__init__`` signature; the available inputs are ``item_features`` [I, d_t], ``user_features``
     [U, d_t] or None, ``item_graph`` (the refined graph, sparse [I, I]), ``train_interactions``
-    (scipy CSR [U, I], training split only), ``n_users`` and ``n_items``.
+    (scipy CSR [U, I], training split only), ``n_users``, ``n_items`` and ``seed``. A model that takes
+    ``item_graph`` and ``layers`` propagates over that graph: its ``layers`` is ``graph.layers`` (L).
+    Inputs a model does not ask for are never built: BPR pays for no encoding and no graph build.
     """
-    available = {
-        "item_features": datamodule.item_features,
-        "user_features": datamodule.user_features,
-        "item_graph": datamodule.item_graph,
-        "train_interactions": datamodule.data.train,
-        "n_users": datamodule.data.n_users,
-        "n_items": datamodule.data.n_items,
-    }
+    target = cfg.model._target_
     params = inspect.signature(hydra.utils.get_class(target).__init__).parameters
-    return {name: value for name, value in available.items() if name in params}
+    providers = {
+        "item_features": lambda: datamodule.item_features,
+        "user_features": lambda: datamodule.user_features,
+        "item_graph": lambda: datamodule.item_graph,
+        "train_interactions": lambda: datamodule.data.train,
+        "n_users": lambda: datamodule.data.n_users,
+        "n_items": lambda: datamodule.data.n_items,
+        "seed": lambda: int(cfg.seed),
+    }
+    if "item_graph" in params and "layers" in params:
+        if "layers" in cfg.model:
+            raise ConfigError(f"model.layers={cfg.model.layers}: {target} propagates over the refined item "
+                              "graph; set its depth with graph.layers instead")
+        providers["layers"] = lambda: datamodule.graph_spec.layers
+    return {name: build() for name, build in providers.items() if name in params and name not in cfg.model}
 
 
 def popularity_metrics(datamodule, split: str, ks=(10, 20)) -> dict[str, float]:
@@ -103,30 +130,39 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # reason.auto=true produces missing reasoning outputs first (one job per outputs folder makes them)
+    # (reason.backend=fake: the datamodule reads the fake outputs' own folder, <mllm>-fake)
     reads = reasoning_for_training(cfg)
-    data_overrides: dict[str, Any] = {}
-    if reads is not None and reads != cfg.mllm.name:  # reason.backend=fake: its outputs' own folder
-        data_overrides["mllm"] = {**OmegaConf.to_container(cfg.mllm, resolve=True), "name": reads}
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data, **data_overrides)
+    datamodule = build_datamodule(cfg, mllm=reads)
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
     started = time.perf_counter()
     datamodule.setup("fit")
-    log.info("data, features and graph ready in %.1fs (graph: %d edges)",
-             time.perf_counter() - started, datamodule.item_graph._nnz())
+    inputs = model_inputs(cfg, datamodule)  # encodes / builds only what the model reads
+    log.info("data and model inputs (%s) ready in %.1fs", ", ".join(inputs) or "none",
+             time.perf_counter() - started)
 
     log.info("Instantiating model <%s>", cfg.model._target_)
-    model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg.model._target_, datamodule))
+    model = hydra.utils.instantiate(cfg.model, **inputs)
     callbacks = instantiate_group(cfg.get("callbacks"))
     prepare_wandb_logger(cfg)  # offline unless W&B can be reached; group/name from the sweep
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams = redact_container(OmegaConf.to_container(cfg, resolve=True))  # no API keys in logger configs
         for lg in loggers:
             lg.log_hyperparams(hparams)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # --- resume (issue 18): a killed run of this very config continues from its last.ckpt
+    fingerprint = config_fingerprint(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None and cfg.get("auto_resume", True):
+        ckpt_path = auto_resume_checkpoint(output_dir, fingerprint)
+        if ckpt_path is not None:
+            log.warning("resuming the unfinished run in %s from %s", output_dir, ckpt_path)
+    if trainer.is_global_zero:
+        record_run_fingerprint(output_dir / "checkpoints", fingerprint)
+    # ---
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
     history = list(model.history)  # testing the best checkpoint reloads an older history
     summary: dict[str, Any] = {"best_epoch": None, "valid": {}, "test": {}}
     if history:
@@ -152,7 +188,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         }
         rows["popularity valid"] = summary["popularity"]["valid"]
         rows["popularity test"] = summary["popularity"]["test"]
-    summary["config_fingerprint"] = config_fingerprint(cfg)  # lets a rerun of the sweep skip this job
+    summary["config_fingerprint"] = fingerprint  # lets a rerun of the sweep skip this job
     if trainer.is_global_zero:  # under DDP every rank gets here with the same results; one writes them
         atomic_write_json(output_dir / "metrics.json", summary)
         log_results(loggers, rows)

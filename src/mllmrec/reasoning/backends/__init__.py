@@ -5,8 +5,6 @@ Each backend module imports its heavy dependency (vllm, torch/transformers) only
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mllmrec.reasoning.backends.base import (
@@ -39,7 +37,9 @@ __all__ = [
 
 
 def make_backend(settings: "ReasonSettings") -> Backend:
-    """Build the backend named by ``reason.backend`` from the mllm config and ``reason.<backend>``."""
+    """Build the backend named by ``reason.backend`` from the mllm config and the typed
+    ``reason.<backend>`` options. Every argument is passed explicitly: the defaults live in
+    conf/reason.yaml only (validated once by :class:`~mllmrec.reasoning.settings.ReasonSettings`)."""
     mllm = settings.mllm
     if settings.backend == "vllm":
         from mllmrec.reasoning.backends.vllm_backend import VLLMBackend, engine_kwargs
@@ -53,24 +53,23 @@ def make_backend(settings: "ReasonSettings") -> Backend:
 
         o = settings.openai
         return OpenAIBackend(
-            base_url=str(o.get("base_url") or os.environ.get("OPENAI_BASE_URL") or ""),
+            base_url=o.base_url,
             identity=mllm.identity,
-            model=o.get("model"),
+            model=o.model,
             candidates=[c for c in (mllm.ollama, mllm.model_id) if c],
             vision=mllm.vision,
-            api_key=o.get("api_key") or os.environ.get("OPENAI_API_KEY") or None,
-            concurrency=int(o.get("concurrency", 8)),
-            timeout_s=float(o.get("timeout_s", 120.0)),
-            max_retries=int(o.get("max_retries", 5)),
-            backoff_s=float(o.get("backoff_s", 1.0)),
-            backoff_max_s=float(o.get("backoff_max_s", 60.0)),
-            probe_timeout_s=float(o.get("probe_timeout_s", 10.0)),
+            api_key=o.api_key,
+            concurrency=o.concurrency,
+            timeout_s=o.timeout_s,
+            max_retries=o.max_retries,
+            backoff_s=o.backoff_s,
+            backoff_max_s=o.backoff_max_s,
+            probe_timeout_s=o.probe_timeout_s,
         )
     if settings.backend == "transformers":
         from mllmrec.reasoning.backends.transformers_backend import TransformersBackend
 
         t = settings.transformers
-        cache_dir = t.get("cache_dir")
         return TransformersBackend(
             identity=mllm.identity,
             model_id=mllm.model_id,
@@ -78,18 +77,16 @@ def make_backend(settings: "ReasonSettings") -> Backend:
             gguf=mllm.gguf,
             vision=mllm.vision,
             chat_format=mllm.chat_format,
-            device=str(t.get("device", "auto")),
-            dtype=t.get("dtype"),
+            device=t.device,
+            dtype=t.dtype,
             model_dtype=mllm.dtype,
-            batch_size=int(t.get("batch_size", 8)),
-            cache_dir=Path(os.path.expanduser(str(cache_dir))) if cache_dir else None,
-            trust_remote_code=bool(t.get("trust_remote_code", False)),
+            batch_size=t.batch_size,
+            cache_dir=t.cache_dir,
+            trust_remote_code=t.trust_remote_code,
         )
     if settings.backend == "fake":
         from mllmrec.reasoning.backends.fake import FakeBackend
 
-        f = settings.fake
-        return FakeBackend(mllm.identity, supports_images=mllm.vision,
-                           delay_s=float(f.get("delay_s", 0.0)),
+        return FakeBackend(mllm.identity, supports_images=mllm.vision, delay_s=settings.fake.delay_s,
                            chars_per_token=settings.chars_per_token)
     raise BackendError(f"unknown backend {settings.backend!r}")

@@ -1,0 +1,47 @@
+"""The refined graph's settings as one typed object: ``conf/graph/default.yaml`` builds it.
+
+``graph.alpha`` (and ``ks``, ``kc``, ``layers``) keeps one name from the command line to the adjacency:
+the config node is instantiated into a :class:`GraphSpec`, checked once here, and the graph build and
+its cache key read it as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from mllmrec.errors import ConfigError
+from mllmrec.graph.checks import check_args
+
+__all__ = ["GraphSpec"]
+
+
+#: config key -> the graph package's argument name (whose one rule, in :mod:`.checks`, applies)
+_ARGUMENTS = {"ks": "k_s", "alpha": "alpha", "kc": "k_c", "layers": "layers"}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Settings of the refined item graph (Section 4.2, Eq. 6-12).
+
+    Attributes:
+        ks: K_s, semantic top-K per item (self-loop included), >= 1.
+        alpha: cosine threshold in [-1, 1]: a kNN edge is kept only if its similarity >= alpha
+            (-1 keeps every edge: no denoising).
+        kc: K_c, co-occurrence (Jaccard) neighbours per item, >= 0 (0 = none).
+        layers: L, propagation depth over the graph, >= 0 (0 = no item-item graph). Not part of the
+            graph itself, so not of its cache key.
+    """
+
+    ks: int = 10
+    alpha: float = 0.7
+    kc: int = 10
+    layers: int = 1
+
+    def __post_init__(self) -> None:
+        # the graph package's own rules (one per argument), reported under the config key
+        for key, argument in _ARGUMENTS.items():
+            value = getattr(self, key)
+            try:
+                checked = check_args(**{argument: value})[argument]
+            except ValueError as err:
+                raise ConfigError(f"graph.{key}={value!r}: {err}") from None
+            object.__setattr__(self, key, checked)
