@@ -15,11 +15,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import (  # noqa: E402
-    HERE, die_holding_lease, hold_lease, hold_many, launcher_records, max_concurrency, overlapping, stream_small_jobs,
-)
-
 from mllmrec.sweep.lease import DeviceLease, resolve_gpus, visible_gpus  # noqa: E402
+
+from sweep_helpers import (  # noqa: E402
+    HERE,
+    die_holding_lease,
+    hold_lease,
+    hold_many,
+    launcher_records,
+    max_concurrency,
+    overlapping,
+    stream_small_jobs,
+)
 
 
 def _intervals_by_device(records: list[dict]) -> dict[str, list[tuple[float, float]]]:

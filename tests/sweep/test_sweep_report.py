@@ -15,12 +15,19 @@ from scipy.stats import ttest_rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import FAKE_SEEDS, ROOT, fake_scores, write_fake_sweep  # noqa: E402
-
 from mllmrec.report import (  # noqa: E402
-    alpha_kc_grid, best_by_validation, build_report, config_keys, layout_table, load_jobs, paired_ttest, reference_variant,
+    alpha_kc_grid,
+    best_by_validation,
+    build_report,
+    config_keys,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
     summarize,
 )
+
+from sweep_helpers import FAKE_SEEDS, ROOT, fake_scores, write_fake_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module")

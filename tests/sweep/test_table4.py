@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import FAST_JOB, NO_PLOTS, ROOT, launcher_records, overlapping  # noqa: E402
-
 from mllmrec.data import DatasetLayout  # noqa: E402
+
+from sweep_helpers import FAST_JOB, NO_PLOTS, ROOT, launcher_records, overlapping  # noqa: E402
 
 # the tiny demo of the sweep tests, and fake generations that take long enough for jobs to overlap
 TINY = ["dataset.n_users=160", "dataset.n_items=90"]

@@ -20,8 +20,17 @@ curve), the one with the best mean validation score is shown, with its mean test
 
 from mllmrec.report.document import Section, build_report, main, markdown_table
 from mllmrec.report.tables import (
-    METRICS, SPLITS, alpha_kc_grid, best_by_validation, config_keys, layout_table, load_jobs, paired_ttest,
-    reference_variant, selected_table, summarize,
+    METRICS,
+    SPLITS,
+    alpha_kc_grid,
+    best_by_validation,
+    config_keys,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
+    selected_table,
+    summarize,
 )
 
 __all__ = [

@@ -11,8 +11,24 @@ from pathlib import Path
 import pandas as pd
 
 from mllmrec.report.tables import (
-    ALPHA, D, DATASET, KC, METRICS, MLLM, SPLITS, VARIANT, _cell, _key_text, alpha_kc_grid, best_by_validation,
-    layout_table, load_jobs, paired_ttest, reference_variant, selected_table, summarize,
+    ALPHA,
+    DATASET,
+    KC,
+    METRICS,
+    MLLM,
+    SPLITS,
+    VARIANT,
+    D,
+    _cell,
+    _key_text,
+    alpha_kc_grid,
+    best_by_validation,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
+    selected_table,
+    summarize,
 )
 
 log = logging.getLogger(__name__)

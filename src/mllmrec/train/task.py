@@ -16,15 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
+from mllmrec.metrics import evaluate_full_ranking
+from mllmrec.reasoning.stage import reasoning_for_training
 from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
 from mllmrec.train.checks import build_spec, validate_train_config
-from mllmrec.metrics import evaluate_full_ranking
-from mllmrec.reasoning.stage import reasoning_for_training
-from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
+from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 
 log = logging.getLogger(__name__)
 
