@@ -20,7 +20,7 @@ __all__ = ["RESULT_NEUTRAL_KEYS", "config_fingerprint", "input_fingerprints", "r
 # drawn, and this switch itself. Everything else (model, graph, data, trainer, early stopping, seed,
 # ...) is part of the fingerprint, so an unknown key errs on the side of running again.
 RESULT_NEUTRAL_KEYS = (
-    "paths", "logger", "tags", "task_name", "skip_finished", "auto_resume", "data.cache_dir", "extras",
+    "paths", "logger", "tags", "task_name", "skip_finished", "auto_resume", "data.cache_dir", "extras", "reason.auto",
     "callbacks.progress_bar", "callbacks.graph_statistics", "callbacks.user_tsne",
     # how checkpoints are written and what they carry for an exact resume: an uninterrupted run's
     # results are the same with or without them (so sweeps finished before they existed still match)

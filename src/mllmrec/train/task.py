@@ -16,16 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
+from mllmrec.metrics import evaluate_full_ranking
+from mllmrec.reasoning.stage import reasoning_for_training
 from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
-from mllmrec.train.run_folder import resume_checkpoint
 from mllmrec.train.checks import build_spec, validate_train_config
 from mllmrec.train.extras import quiet_lightning
-from mllmrec.metrics import evaluate_full_ranking
-from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
+from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
+from mllmrec.train.run_folder import resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def build_datamodule(cfg: DictConfig):
+def build_datamodule(cfg: DictConfig, mllm: str | None = None):
     """The datamodule of ``cfg.data``, given the dataset, the mllm's name, the encoder and graph specs,
-    ``reason.history`` and the seed from their own groups (each value is written under one key)."""
+    ``reason.history`` and the seed from their own groups (each value is written under one key).
+    ``mllm``: the reasoning outputs' folder name when it is not ``mllm.name`` (``<mllm>-fake``)."""
     factory = hydra.utils.instantiate(cfg.data, _partial_=True)
     return factory(
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-        mllm=str(cfg.mllm.name),
+        mllm=mllm or str(cfg.mllm.name),
         encoder=build_spec(cfg.encoder, "encoder"),
         graph=build_spec(cfg.graph, "graph"),
         history=str(cfg.reason.history),
@@ -138,8 +140,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    # reason.auto=true produces missing reasoning outputs first (one job per outputs folder makes them)
+    # (reason.backend=fake: the datamodule reads the fake outputs' own folder, <mllm>-fake)
+    reads = reasoning_for_training(cfg)
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, mllm=reads)
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
     started = time.perf_counter()
     datamodule.setup("fit")
