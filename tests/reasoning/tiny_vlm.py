@@ -50,6 +50,7 @@ def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Pa
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
     )
+    from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
@@ -83,6 +84,7 @@ def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Pa
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224)
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(),
                                     chat_template=QWEN_VL_CHAT_TEMPLATE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import json
 import logging
 import os
 import shutil
@@ -49,6 +50,9 @@ __all__ = ["TransformersBackend", "resolve_gguf", "load_gguf_model", "gguf_as_fo
            "GEMMA_CHAT_TEMPLATE"]
 
 CHAT_FORMATS = ("template", "gemma")
+#: version of the converted-folder layout (part of its cache key): 2 = loadable by vLLM too
+#: (architecture named, no GGUF quantization_config, tied head stored as the embedding)
+FOLDER_FORMAT = 2
 
 
 def _import(name: str, hint: str) -> Any:
@@ -88,7 +92,7 @@ def _converted_folder(path: Path, cache_dir: Path) -> Path:
     """Where the converted copy of the GGUF file ``path`` lives (keyed by content and transformers)."""
     import transformers
 
-    return Path(cache_dir) / f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}"
+    return Path(cache_dir) / f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}-f{FOLDER_FORMAT}"
 
 
 def _read_gguf(path: Path) -> tuple[Any, Any]:
@@ -127,6 +131,20 @@ def gguf_as_folder(path: Path, cache_dir: Path) -> Path:
     return folder
 
 
+def _drop_quantization_config(folder: Path) -> None:
+    """Remove ``quantization_config`` (``quant_method: gguf``) from the saved config.json: the
+    saved weights are plain float32, and vLLM refuses a folder that claims GGUF quantisation
+    ("Unknown quantization method: gguf")."""
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    if "quantization_config" not in config:
+        return
+    del config["quantization_config"]
+    tmp = config_path.with_name(f".{config_path.name}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, config_path)
+
+
 def _load_folder(folder: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,8 +156,13 @@ def _load_folder(folder: Path) -> tuple[Any, Any]:
 
 
 def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
-    """Write tokenizer, config and weights to a temp folder, then rename it onto ``folder``."""
-    from safetensors.torch import save_model
+    """Write tokenizer, config and weights to a temp folder, then rename it onto ``folder``.
+
+    The folder is a plain float32 Hugging Face checkpoint that other engines (vLLM) load too: the
+    config names the architecture and carries no GGUF ``quantization_config``, and tied output
+    weights are stored once, under the input embedding's name (as hub checkpoints do).
+    """
+    from safetensors.torch import save_file
 
     with file_lock(folder):
         if (folder / "model.safetensors").is_file():
@@ -148,15 +171,29 @@ def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp.", dir=folder.parent))
         try:
             tokenizer.save_pretrained(str(tmp))
+            model.config.architectures = [type(model).__name__]
             model.config.save_pretrained(str(tmp))
+            _drop_quantization_config(tmp)
             model.generation_config.save_pretrained(str(tmp))
-            # save_model drops tied duplicates (Gemma ties lm_head to the embeddings)
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_file(_untied_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("cached the converted GGUF model in %s", folder)
+
+
+def _untied_state_dict(model: Any) -> dict[str, Any]:
+    """The state dict with each shared tensor once: a tied output head (``lm_head`` sharing the
+    input embedding's storage) is left out, the embedding kept."""
+    state = model.state_dict()
+    embedding = model.get_input_embeddings().weight
+    kept: dict[str, Any] = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() == embedding.data_ptr() and not name.endswith("embed_tokens.weight"):
+            continue
+        kept[name] = tensor.detach().contiguous()
+    return kept
 
 
 def gemma_prompt(messages: Sequence[Any]) -> str:
