@@ -226,3 +226,52 @@ def test_gemma_chat_template_renders_gemma_prompt() -> None:
         rendered = template.render(messages=[{"role": m.role, "content": m.text} for m in chat],
                                    bos_token="<bos>", add_generation_prompt=True)
         assert rendered == "<bos>" + gemma_prompt(chat)
+
+
+RUN_WITH_ENGINE = """
+import os, subprocess, sys, time
+from mllmrec.reasoning.backends.vllm_backend import descendant_processes, start_orphan_guard
+# an "engine core" that starts its own "worker", as vLLM's does
+code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+engine = subprocess.Popen([sys.executable, "-c", code])
+while len(descendant_processes(os.getpid())) < 2:
+    time.sleep(0.05)
+processes = descendant_processes(os.getpid())
+start_orphan_guard(processes)
+print(" ".join(map(str, processes)), flush=True)
+time.sleep(600)
+"""
+
+
+def test_orphan_guard_kills_the_engine_processes_of_a_sigkilled_run(tmp_path) -> None:
+    """vLLM's engine core does not watch its parent: after `kill -9` of the run, the guard must
+    take the engine core and its worker down."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, "-c", RUN_WITH_ENGINE], stdout=subprocess.PIPE, text=True, env=env)
+    pids = [int(p) for p in run.stdout.readline().split()]
+    try:
+        assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(p) for p in pids):
+            time.sleep(0.1)
+        assert not [p for p in pids if _running(p)], "engine processes outlived the killed run"
+    finally:
+        for p in pids:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+        run.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

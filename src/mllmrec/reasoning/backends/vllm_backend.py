@@ -18,7 +18,10 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -34,7 +37,7 @@ from mllmrec.reasoning.tokens import TokenizerCounter
 log = logging.getLogger(__name__)
 
 __all__ = ["VLLMBackend", "import_vllm", "engine_kwargs", "check_vllm_version", "TESTED_VLLM",
-           "ALLOW_UNTESTED_ENV"]
+           "ALLOW_UNTESTED_ENV", "descendant_processes", "start_orphan_guard"]
 
 #: the vLLM releases the opt-in ``vllm_cpu`` test tier passed with, as (lowest, first untested);
 #: keep in step with pyproject's ``[vllm]`` extra and scripts/vllm_cpu_env.sh
@@ -132,6 +135,64 @@ def engine_kwargs(
     return kwargs
 
 
+# The orphan guard: a tiny process that blocks on a pipe from the run and, when the pipe closes
+# (the run ended, or was SIGKILLed: the kernel closes its end), SIGKILLs the engine's processes
+# that are still alive. vLLM's engine core does not watch its parent (its workers watch the engine
+# core), so without this a `kill -9` of reason.py leaves the engine core and its worker running,
+# holding the cores and the KV cache memory. Processes are named by (pid, start time): a pid the
+# kernel has since given to another process is left alone.
+_GUARD = """
+import os, signal, sys
+targets = [arg.split(":") for arg in sys.argv[1:]]
+sys.stdin.buffer.read()
+for pid, start in targets:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[19] == start:
+                os.kill(int(pid), signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        pass
+"""
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time in clock ticks), from /proc (Linux)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited while we looked
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendant_processes(pid: int) -> dict[int, str]:
+    """Every process below ``pid``: pid -> start time (empty where /proc does not exist)."""
+    if not Path("/proc/self/stat").exists():
+        return {}
+    table = _process_table()
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, start) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                todo.append(child)
+    return found
+
+
+def start_orphan_guard(processes: Mapping[int, str]) -> subprocess.Popen | None:
+    """Start the guard for ``processes`` (pid -> start time); None when there is nothing to guard."""
+    if not processes:
+        return None
+    args = [f"{pid}:{start}" for pid, start in processes.items()]
+    return subprocess.Popen([sys.executable, "-c", _GUARD, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 class VLLMBackend:
     """vLLM's offline engine behind the :class:`~mllmrec.reasoning.backends.base.Backend` interface.
 
@@ -156,6 +217,7 @@ class VLLMBackend:
         self.chat_template = chat_template
         self.llm_kwargs = dict(llm_kwargs)
         log.info("starting vLLM %s engine: %s", self.version, self.llm_kwargs)
+        before = descendant_processes(os.getpid())
         try:
             self.llm = self._vllm.LLM(**self.llm_kwargs)
         except Exception as exc:  # engine start fails for many reasons (memory, model, driver)
@@ -164,6 +226,8 @@ class VLLMBackend:
                 "(mllm.vllm.gpu_memory_utilization, mllm.max_model_len; on CPU "
                 "reason.vllm.kv_cache_memory_bytes), the model id and access rights."
             ) from exc
+        engine_processes = {p: t for p, t in descendant_processes(os.getpid()).items() if p not in before}
+        self._guard = start_orphan_guard(engine_processes)
         self.stop_token_ids = self._token_ids(stop_tokens)
 
     def _token_ids(self, tokens: Sequence[str]) -> list[int]:
@@ -223,11 +287,15 @@ class VLLMBackend:
         return TokenizerCounter(self.llm.get_tokenizer())
 
     def close(self) -> None:
-        """Stop the engine's worker processes now (not at interpreter exit) and drop the engine."""
+        """Stop the engine's worker processes now (not at interpreter exit) and drop the engine;
+        the orphan guard then kills whatever the shutdown left running."""
         llm, self.llm = self.llm, None
-        if llm is None:
-            return
-        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        shutdown = getattr(engine_core, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        if llm is not None:
+            engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(engine_core, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+        guard, self._guard = getattr(self, "_guard", None), None
+        if guard is not None:
+            guard.stdin.close()
+            guard.wait(timeout=30)
