@@ -32,17 +32,18 @@ def test_sigkill_mid_run_then_rerun(tmp_path) -> None:
             f"reason.limit_users={N_USERS}", "reason.chunk_size=2", "mllm.sampling.max_tokens=8"]
     generations = data / "demo" / "reasoning" / "gemma3_270m" / "generations"
     shards = generations / "shards"
-    run = subprocess.Popen([sys.executable, str(REPO / "reason.py"), *args], env=env, cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "killed-run.log"
+    with open(log, "wb") as out:  # a file, not a pipe: vLLM's verbose logs would fill a pipe and stall the run
+        run = subprocess.Popen([sys.executable, str(REPO / "reason.py"), *args], env=env, cwd=REPO,
+                               stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline and run.poll() is None and len(list(shards.glob("*.parquet"))) < 2:
         time.sleep(0.02)
-    assert run.poll() is None, f"the run ended before the kill: {run.stdout.read()[-3000:]}"
+    assert run.poll() is None, f"the run ended before the kill: {log.read_text()[-3000:]}"
     workers = descendants(run.pid)  # the engine core (and any helper) the run started
     assert workers, "vLLM's engine runs in a child process; none found"
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
-    run.stdout.close()
     # orphaned engine processes would hold the cores and the KV cache memory: they must go too
     gone_by = time.monotonic() + 60
     while time.monotonic() < gone_by and any(alive(p) for p in workers):

@@ -78,14 +78,17 @@ def test_server_killed_mid_run_stops_clearly_and_a_rerun_completes(server, env, 
     args = openai_args(server, data, "dataset=demo", "reason.limit_items=60", "reason.limit_users=20",
                        "reason.chunk_size=4", "reason.openai.max_retries=2")
     shards = data / "demo" / "reasoning" / "qwen25vl" / "generations" / "shards"
-    run = subprocess.Popen([sys.executable, str(REPO / "reason.py"), *args], env=env, cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "killed-run.log"
+    with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the run
+        run = subprocess.Popen([sys.executable, str(REPO / "reason.py"), *args], env=env, cwd=REPO,
+                               stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and run.poll() is None and len(list(shards.glob("*.parquet"))) < 2:
         time.sleep(0.05)
     assert run.poll() is None, "the run ended before the server could be killed: give it more work"
     server.kill()
-    output, _ = run.communicate(timeout=300)
+    run.wait(timeout=300)
+    output = log.read_text()
     assert run.returncode != 0
     assert "stopped answering" in output and "restart the server and rerun" in output, output[-3000:]
     before = shard_frames(shards.parent)
