@@ -38,9 +38,9 @@ QWEN_VL_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Write a Qwen2_5_VLForConditionalGeneration (~34 M parameters, nearly all in the 262k-token
-    embedding) with seeded random float32 weights, its processor and chat template, to ``out_dir``
+def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0, weight_std: float = 0.2) -> Path:
+    """Write a Qwen2_5_VLForConditionalGeneration (~68 M parameters, nearly all in the 262k-token
+    embedding and output head) with seeded random float32 weights, its processor and chat template, to ``out_dir``
     (atomically: built in a temp folder, then renamed). Returns ``out_dir``."""
     import torch
     from transformers import (
@@ -67,21 +67,23 @@ def build_tiny_qwen25vl(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Pa
         text_config={"vocab_size": vocab, "hidden_size": 128, "intermediate_size": 256,
                      "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
                      "max_position_embeddings": 4096, "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
-                     "tie_word_embeddings": True, "eos_token_id": ids["<|im_end|>"],
+                     "tie_word_embeddings": False, "eos_token_id": ids["<|im_end|>"],
                      "bos_token_id": tokenizer.bos_token_id, "pad_token_id": ids["<|endoftext|>"]},
         vision_config={"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 2,
                        "out_hidden_size": 128, "patch_size": 14, "spatial_merge_size": 2,
                        "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [1]},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # a separate random head: tied, the output echoes the last input token
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
-    with torch.no_grad():  # transformers' init leaves some tensors at zero: give every one a value
+    with torch.no_grad():
+        # With transformers' init (std 0.02) the residual stream is the last token's embedding and
+        # every image gives the same argmax; larger weights let the image tokens move the output.
         for param in model.parameters():
-            if param.dim() > 1 and not param.abs().sum():
-                param.normal_(0.0, 0.02)
+            if param.dim() > 1:
+                param.normal_(0.0, weight_std)
     model.generation_config.eos_token_id = [ids["<|im_end|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224)
