@@ -16,7 +16,7 @@ from mllmrec.reasoning import run_reasoning
 from mllmrec.reasoning.backends.base import Message, Request, Sampling
 
 from reasoning_helpers import compose_reason, tiny_overrides
-from vllm_cpu_helpers import apply_env, gemma_folder
+from vllm_cpu_helpers import GEMMA_SMALL, apply_env, gemma_folder
 
 pytestmark = pytest.mark.vllm_cpu
 
@@ -31,7 +31,7 @@ def engine(tmp_path_factory):
     from mllmrec.reasoning.settings import ReasonSettings
 
     gemma_folder()  # the one-time GGUF conversion, outside the engine's start
-    settings = ReasonSettings.from_config(compose_reason(["mllm=gemma3_270m", "reason.backend=vllm"]))
+    settings = ReasonSettings.from_config(compose_reason(["mllm=gemma3_270m", "reason.backend=vllm", *GEMMA_SMALL]))
     backend = make_backend(settings)
     yield backend
     backend.close()
@@ -103,7 +103,7 @@ def test_prompt2_run_gives_every_user_an_ok_profile_and_a_complete_manifest(engi
 
     root = build_tiny_dataset(tmp_path / "data" / "tiny")
     cfg = compose_reason([f"paths.data_dir={tmp_path / 'data'}", "reason.progress=false",
-                          *tiny_overrides(root, "mllm=gemma3_270m", "reason.backend=vllm",
+                          *tiny_overrides(root, "mllm=gemma3_270m", "reason.backend=vllm", *GEMMA_SMALL,
                                           f"mllm.sampling.max_tokens={MAX_TOKENS}", "reason.chunk_size=2")])
     result = run_reasoning(cfg, backend=engine)
     users = result.tables["user_profiles"]

