@@ -40,7 +40,8 @@ def test_submitit_local_runs_the_shards_as_jobs_and_merges_once(tmp_path: Path) 
     assert len(writers) == 2, f"generations written by processes {writers}: the shards did not run apart"
 
     # both shards waited for the complete set (null shard_wait_s in a multirun); one wrote the tables
-    logs = [(sweep / str(i) / "reason.log").read_text() for i in (0, 1)]
+    # job folders are named by their overrides (conf/reason.yaml's hydra.sweep.subdir)
+    logs = [next(sweep.glob(f"*reason.shard={i}*/reason.log")).read_text() for i in (0, 1)]
     merged = [i for i, log in enumerate(logs) if "tables and manifest written to" in log]
     skipped = [i for i, log in enumerate(logs) if "not merging again" in log]
     assert len(merged) == 1 and len(skipped) == 1 and merged != skipped, logs

@@ -199,9 +199,7 @@ class OpenAIOptions:
     model: str | None  # served name; None = the mllm's Ollama tag or HF id, whichever is served
     concurrency: int
     timeout_s: float
-    max_retries: int
-    backoff_s: float
-    backoff_max_s: float
+    max_retries: int  # the openai client's own backoff between tries
     probe_timeout_s: float
 
     @classmethod
@@ -209,8 +207,7 @@ class OpenAIOptions:
         return cls(
             base_url=n.opt_str("base_url") or "", api_key=n.opt_str("api_key"), model=n.opt_str("model"),
             concurrency=n.int("concurrency", 1), timeout_s=n.float("timeout_s", 0, strict=True),
-            max_retries=n.int("max_retries"), backoff_s=n.float("backoff_s", 0),
-            backoff_max_s=n.float("backoff_max_s", 0), probe_timeout_s=n.float("probe_timeout_s", 0, strict=True),
+            max_retries=n.int("max_retries"), probe_timeout_s=n.float("probe_timeout_s", 0, strict=True),
         )
 
 

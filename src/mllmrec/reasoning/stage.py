@@ -61,7 +61,7 @@ RESULT_NEUTRAL_REASON_KEYS = (
     "reason.progress", "reason.image_workers", "reason.poll_s", "reason.shard_wait_s", "reason.shard",
     "reason.num_shards", "reason.chunk_size", "reason.auto", "reason.fake.delay_s",
     "reason.openai.concurrency", "reason.openai.timeout_s", "reason.openai.max_retries",
-    "reason.openai.backoff_s", "reason.openai.backoff_max_s", "reason.openai.probe_timeout_s",
+    "reason.openai.probe_timeout_s", "reason.transformers.num_threads",
     "reason.openai.api_key", "reason.openai.base_url", "reason.transformers.batch_size",
     "reason.transformers.cache_dir", "mllm.vllm.tensor_parallel_size", "mllm.vllm.gpu_memory_utilization",
     "mllm.vllm.max_num_seqs", "dataset.root",
@@ -186,6 +186,10 @@ def run_stage(cfg: DictConfig | Mapping[str, Any], is_done: Callable[[DictConfig
         from mllmrec.reasoning.pipeline import run_reasoning
 
         result = run_reasoning(cfg)
+        if result.merged:
+            log.info("tables and manifest written to %s", result.out_dir)
+        else:  # another shard of this run wrote this exact set
+            log.info("tables and manifest already up to date in %s", result.out_dir)
         if result.complete:
             atomic_write_json(result.out_dir / STAGE_FILE, {
                 "fingerprint": stage_fingerprint(cfg),
