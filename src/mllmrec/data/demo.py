@@ -139,7 +139,7 @@ TAIL_SHARE = 0.5  # items of a long-tail kind instead of one of the eight main c
 TAIL_ATTRIBUTE_SHARE = 0.3  # long-tail listings that also spell out colour, material and style
 THEMED_SHARE = 0.5  # listings that carry sentences of one listing theme
 
-__all__ = ["make_demo_dataset", "ensure_demo_dataset", "DEMO_VERSION"]
+__all__ = ["make_demo_dataset", "ensure_demo_dataset", "export_demo_csv", "DEMO_VERSION"]
 
 
 def _plural(noun: str) -> str:
@@ -284,3 +284,40 @@ def ensure_demo_dataset(root: str | Path, **kwargs) -> DatasetLayout:
             if manifest.get("generator", {}) == wanted and split_seed == args["split_seed"]:
                 return layout
         return make_demo_dataset(layout.root, **kwargs)
+
+
+def export_demo_csv(out_dir: str | Path, n_users: int = 400, n_items: int = 300, seed: int = 0) -> tuple[Path, Path]:
+    """The demo as someone's own data would arrive: ``interactions.csv`` (``user_id, item_id,
+    timestamp`` as ISO 8601 dates, ``rating``; raw string ids ``U0007`` / ``D0042``; no split) and
+    ``items.csv`` (``item_id, title, description, image`` = a path relative to the file) with the
+    PNGs under ``images/``. Used by docs/prepare.md's walk-through of ``dataset=custom`` and its test.
+
+    Returns the two file paths.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        layout = make_demo_dataset(tmp, n_users=n_users, n_items=n_items, seed=seed)
+        inter = pd.read_parquet(layout.interactions)
+        items = pd.read_parquet(layout.items)
+        users = pd.read_parquet(layout.users)
+        for row in items.itertuples():
+            shutil.copyfile(layout.root / row.image_path, out / "images" / f"{row.source_id}.png")
+    user_ids = users.set_index("user_id")["source_id"]
+    item_ids = items.set_index("item_id")["source_id"]
+    interactions = pd.DataFrame({
+        "user_id": inter["user_id"].map(user_ids),
+        "item_id": inter["item_id"].map(item_ids),
+        "timestamp": pd.to_datetime(inter["timestamp"], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "rating": inter["rating"],
+    })
+    table = pd.DataFrame({"item_id": items["source_id"], "title": items["title"],
+                          "description": items["description"],
+                          "image": [f"images/{a}.png" for a in items["source_id"]]})
+    paths = out / "interactions.csv", out / "items.csv"
+    interactions.to_csv(paths[0], index=False)
+    table.to_csv(paths[1], index=False)
+    return paths

@@ -162,7 +162,32 @@ class MLLMRecDataModule(L.LightningDataModule):
         if self._texts is None:
             self._texts = self.item_and_user_texts(data)
         texts = self._texts[0] if which == "items" else self._texts[1]
+        if which == "items":
+            self._require_distinct_item_texts(texts)
         return cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", which)
+
+    def _require_distinct_item_texts(self, texts: list[str]) -> None:
+        """A model that reads item content must not train on one text shared by every item (the same
+        features for all items score below popularity, silently). The error names what is missing:
+        for a ``dataset=custom`` folder, the items table or its empty columns (from the manifest)."""
+        if len(texts) < 2 or len(set(texts)) > 1:
+            return
+        name = self.dataset_cfg["name"]
+        manifest = self.data.extras.get("manifest", {}) if self.data is not None else {}
+        report = manifest.get("items") or {}
+        if "table" in report and report["table"] is None:
+            cause = (f"it was prepared without an items table. Re-run `python prepare.py dataset={name} "
+                     "dataset.interactions=... dataset.items=<items table>` with title/text columns")
+        elif report.get("empty_columns"):
+            cause = (f"the items table's columns {report['empty_columns']} are empty. Fill them, or point "
+                     "dataset.item_columns.title/.text at columns that hold text, and re-run prepare.py")
+        else:
+            cause = "fill the items' title or description (items.parquet) and re-run prepare.py"
+        raise DatasetError(
+            f"dataset={name}: every item's text is {texts[0]!r}, so a model that reads item content "
+            f"(MLLMRec, VBPR) would see the same features for every item: {cause}. "
+            "ID-only models (model=bpr, model=lightgcn) train without item text."
+        )
 
     @property
     def item_features(self) -> torch.Tensor:
