@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mllmrec.data import DatasetError, DatasetLayout, InteractionData, history_text, read_items
+from mllmrec.data.cold_start import ColdStartSplit, hold_out_cold_items
 from mllmrec.data.open import check_dataset, open_dataset
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.errors import ConfigError
@@ -66,6 +67,8 @@ class MLLMRecDataModule(L.LightningDataModule):
         item_text_source: str = "description",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
+        cold_start_items: float = 0.0,
+        cold_start_seed: int = 999,
     ) -> None:
         super().__init__()
         if item_text_source not in ITEM_TEXT_SOURCES:
@@ -81,6 +84,12 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.item_text_source = item_text_source
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
+        if not 0.0 <= float(cold_start_items) < 1.0:
+            raise ConfigError(f"data.cold_start_items must be in [0, 1) (the share of items held out of "
+                              f"training; 0 = off), got {cold_start_items}")
+        self.cold_start_items = float(cold_start_items)
+        self.cold_start_seed = int(cold_start_seed)
+        self.cold_split: ColdStartSplit | None = None  # set by setup() when cold_start_items > 0
         self.data: InteractionData | None = None
         self._texts: tuple[list[str], list[str]] | None = None
         self._item_features: torch.Tensor | None = None
@@ -116,6 +125,15 @@ class MLLMRecDataModule(L.LightningDataModule):
                 f"descriptions, but {source}. Produce them with `python reason.py "
                 f"dataset={self.dataset_cfg['name']} mllm=<model>` and train with mllm=<model>."
             )
+        if self.cold_start_items > 0 and self.use_user_features and (self.is_mmrec or self.mllm != "none"):
+            # profiles made before the cold split know the held-out items: a cold-start number with
+            # them would be leaked, not measured
+            source = "the MMRec folder's user feature file" if self.is_mmrec else f"the mllm={self.mllm} profiles"
+            raise DatasetError(
+                f"data.cold_start_items={self.cold_start_items}: {source} were built from every training "
+                "interaction, the held-out items' included. Set data.use_user_features=false (a trainable "
+                "user table), or use mllm=none (profiles rebuilt from the cold split's training history)."
+            )
         check_dataset(self.dataset_cfg, user_features=self.use_user_features)
         if not self.is_mmrec and not self.dataset_cfg.get("generate"):
             self._reasoning_files()  # raises with the reason.py command when missing
@@ -146,6 +164,9 @@ class MLLMRecDataModule(L.LightningDataModule):
             return
         self.check_inputs()
         self.data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
+        if self.cold_start_items > 0:
+            self.cold_split = hold_out_cold_items(self.data, self.cold_start_items, self.cold_start_seed)
+            self.data = self.cold_split.data
         log.info("%s", self.data.summary())
         self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed)
         self.train_sampler = EpochSampler(self.triplets)
