@@ -76,6 +76,17 @@ def test_custom_csv_runs_prepare_then_train_with_raw_ids_kept(shop, tmp_path, tr
         assert row.text == f"{row.title} {row.description}"
         assert (root / row.image_path).read_bytes() == (items_csv.parent / table.loc[row.source_id, "image"]).read_bytes()
 
+    # reason.py reads it like any prepared dataset (the fake backend: the plumbing, no model)
+    reason = subprocess.run([sys.executable, "reason.py", "dataset=custom", "dataset.name=shop", "mllm=qwen25vl",
+                             "reason.backend=fake", f"paths.data_dir={tmp_path / 'data'}",
+                             f"paths.log_dir={tmp_path / 'logs'}"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert reason.returncode == 0, reason.stdout[-2000:] + reason.stderr[-2000:]
+    described = pd.read_parquet(layout.reasoning("qwen25vl-fake") / "image_descriptions.parquet")
+    profiles = pd.read_parquet(layout.reasoning("qwen25vl-fake") / "user_profiles.parquet")
+    assert described["item_id"].tolist() == list(range(len(items)))
+    assert profiles["user_id"].tolist() == list(range(len(users)))
+
     cfg = train_cfg("dataset=custom", "dataset.name=shop", f"paths.data_dir={tmp_path / 'data'}",
                     "trainer.max_epochs=30", "model.optimizer.lr=0.005")
     summary, objects = train(cfg)
