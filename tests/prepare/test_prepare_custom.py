@@ -145,3 +145,9 @@ def test_items_without_text_refuse_content_models_naming_the_column(shop, tmp_pa
     with pytest.raises(DatasetError, match=cause):
         dm.item_features  # what MLLMRec and VBPR read
     assert dm.data.train.nnz > 0  # ID-only models still have their data
+
+
+def test_training_before_prepare_names_the_custom_command(train_cfg, tmp_path):
+    cfg = train_cfg("dataset=custom", "dataset.name=my_shop", f"paths.data_dir={tmp_path / 'data'}")
+    with pytest.raises(DatasetError, match=r"python prepare.py dataset=custom dataset.name=my_shop dataset.interactions="):
+        build_datamodule(cfg).check_inputs()
