@@ -266,23 +266,35 @@ def make_demo_dataset(
     return write_processed_dataset(layout.root, inter, items, users, manifest)
 
 
-def ensure_demo_dataset(root: str | Path, **kwargs) -> DatasetLayout:
-    """Generate the demo into ``root`` unless a matching one is already there (safe under races)."""
-    layout = DatasetLayout(root)
-    with file_lock(layout.root / "demo"):
-        if is_processed(layout.root):
-            from mllmrec.data.processed import read_manifest
+def _matching_demo(layout: DatasetLayout, kwargs: dict) -> bool:
+    """Whether ``layout`` already holds the demo that ``make_demo_dataset(**kwargs)`` would write."""
+    if not is_processed(layout.root):
+        return False
+    from mllmrec.data.processed import read_manifest
 
-            manifest = read_manifest(layout.root)
-            args = {  # make_demo_dataset's defaults, overridden by kwargs
-                name: p.default for name, p in inspect.signature(make_demo_dataset).parameters.items()
-                if p.default is not inspect.Parameter.empty
-            } | kwargs
-            wanted = {"version": DEMO_VERSION, "n_users": args["n_users"], "n_items": args["n_items"],
-                      "seed": args["seed"]}
-            split_seed = manifest.get("split", {}).get("seed")
-            if manifest.get("generator", {}) == wanted and split_seed == args["split_seed"]:
-                return layout
+    manifest = read_manifest(layout.root)
+    args = {  # make_demo_dataset's defaults, overridden by kwargs
+        name: p.default for name, p in inspect.signature(make_demo_dataset).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    } | kwargs
+    wanted = {"version": DEMO_VERSION, "n_users": args["n_users"], "n_items": args["n_items"],
+              "seed": args["seed"]}
+    split_seed = manifest.get("split", {}).get("seed")
+    return manifest.get("generator", {}) == wanted and split_seed == args["split_seed"]
+
+
+def ensure_demo_dataset(root: str | Path, **kwargs) -> DatasetLayout:
+    """Generate the demo into ``root`` unless a matching one is already there (safe under races).
+
+    A matching demo is used without taking the lock (nothing is written: the folder may be read-only);
+    generating one takes it.
+    """
+    layout = DatasetLayout(root)
+    if _matching_demo(layout, kwargs):  # the manifest is written last and atomically
+        return layout
+    with file_lock(layout.root / "demo"):
+        if _matching_demo(layout, kwargs):
+            return layout
         return make_demo_dataset(layout.root, **kwargs)
 
 

@@ -16,12 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
-from mllmrec.train.callbacks import log_results
-from mllmrec.train.checks import build_spec, validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
-from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
+from mllmrec.reasoning.stage import reasoning_for_training
+from mllmrec.secrets import redact_container
+from mllmrec.train.callbacks import log_results
+from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
+from mllmrec.train.checks import build_spec, validate_train_config
+from mllmrec.train.extras import quiet_lightning
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
+from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
+from mllmrec.train.run_folder import resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,14 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def build_datamodule(cfg: DictConfig):
+def build_datamodule(cfg: DictConfig, mllm: str | None = None):
     """The datamodule of ``cfg.data``, given the dataset, the mllm's name, the encoder and graph specs,
-    ``reason.history`` and the seed from their own groups (each value is written under one key)."""
+    ``reason.history`` and the seed from their own groups (each value is written under one key).
+    ``mllm``: the reasoning outputs' folder name when it is not ``mllm.name`` (``<mllm>-fake``)."""
     factory = hydra.utils.instantiate(cfg.data, _partial_=True)
     return factory(
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-        mllm=str(cfg.mllm.name),
+        mllm=mllm or str(cfg.mllm.name),
         encoder=build_spec(cfg.encoder, "encoder"),
         graph=build_spec(cfg.graph, "graph"),
         history=str(cfg.reason.history),
@@ -149,11 +155,21 @@ def best_validation(history: list[dict], metric: str) -> dict:
     return max(history, key=lambda rec: (rec[key], -rec["epoch"]))
 
 
-def _print_table(rows: dict[str, dict[str, float]]) -> None:
+def model_name(cfg: DictConfig) -> str:
+    """What a run's results are called: ``cfg.variant`` (experiment configs set it: BPR, w/o RS, ...)
+    when it was changed from the default, else the model class's name."""
+    variant = cfg.get("variant")
+    model_class = str(cfg.model._target_).rsplit(".", 1)[-1]
+    if variant and not (variant == "MLLMRec" and model_class != "MLLMRec"):
+        return str(variant)
+    return model_class
+
+
+def _print_table(rows: dict[str, dict[str, float]], title: str = "MLLMRec") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="MLLMRec results (MMRec full-ranking protocol)")
+    table = Table(title=f"{title} results (MMRec full-ranking protocol)")
     table.add_column("")
     for key in METRIC_KEYS:
         table.add_column(key, justify="right")
@@ -169,16 +185,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule, model and trainer (for tests and notebooks).
     """
     validate_train_config(cfg)
-    # Lightning adds its own console handlers; Hydra's root handlers already print (and write the
-    # run's log file), so drop Lightning's to avoid every line twice.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).handlers.clear()
+    quiet_lightning()  # its tips and deprecations, and its own console handlers (every line twice)
+    # a checkpoint file or a run/job folder (its last.ckpt), checked before any data is loaded
+    resume_from = str(resume_checkpoint(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    # reason.auto=true produces missing reasoning outputs first (one job per outputs folder makes them)
+    # (reason.backend=fake: the datamodule reads the fake outputs' own folder, <mllm>-fake)
+    reads = reasoning_for_training(cfg)
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, mllm=reads)
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
     started = time.perf_counter()
     datamodule.setup("fit")
@@ -193,11 +211,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams = redact_container(OmegaConf.to_container(cfg, resolve=True))  # no API keys in logger configs
         for lg in loggers:
             lg.log_hyperparams(hparams)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # --- resume (issue 18): a killed run of this very config continues from its last.ckpt
+    fingerprint = config_fingerprint(cfg)
+    ckpt_path = resume_from
+    if ckpt_path is None and cfg.get("auto_resume", True):
+        ckpt_path = auto_resume_checkpoint(output_dir, fingerprint)
+        if ckpt_path is not None:
+            log.warning("resuming the unfinished run in %s from %s", output_dir, ckpt_path)
+    if trainer.is_global_zero:
+        record_run_fingerprint(output_dir / "checkpoints", fingerprint)
+    # ---
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
     history = list(model.history)  # testing the best checkpoint reloads an older history
     summary: dict[str, Any] = {"best_epoch": None, "valid": {}, "test": {}}
     if history:
@@ -227,10 +255,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         }
         rows["popularity valid"] = summary["popularity"]["valid"]
         rows["popularity test"] = summary["popularity"]["test"]
-    summary["config_fingerprint"] = config_fingerprint(cfg)  # lets a rerun of the sweep skip this job
+    summary["config_fingerprint"] = fingerprint  # lets a rerun of the sweep skip this job
     if trainer.is_global_zero:  # under DDP every rank gets here with the same results; one writes them
         atomic_write_json(output_dir / "metrics.json", summary)
         log_results(loggers, rows)
-        _print_table(rows)
+        _print_table(rows, model_name(cfg))
         log.info("metrics written to %s", output_dir / "metrics.json")
     return summary, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -83,6 +83,7 @@ def make_backend(settings: "ReasonSettings") -> Backend:
             batch_size=t.batch_size,
             cache_dir=t.cache_dir,
             trust_remote_code=t.trust_remote_code,
+            num_threads=t.num_threads,
         )
     if settings.backend == "fake":
         from mllmrec.reasoning.backends.fake import FakeBackend

@@ -16,6 +16,13 @@ Three ways to load a model, picked by the mllm config:
 
 ``chat_format: gemma`` formats Gemma turns by hand for tokenizers without a chat template (the
 GGUF tokenizer of Gemma 3 270M has none).
+
+Speed on a CPU (measured with Gemma 3 270M, see ``bench/results/reason.md``): decoding one token
+is a few hundred small ops, each an OpenMP parallel region; with more intra-op threads than free
+cores (a CPU shared with other jobs) every region waits for a descheduled thread, and generation
+ran 8x slower with 2 threads than with 1 on two busy cores. ``num_threads`` sets torch's intra-op
+threads for the process. ``generate`` computes the vocabulary head (262k tokens for Gemma 3) for
+the last position only, so a prompt's length costs only its transformer layers.
 """
 
 from __future__ import annotations
@@ -175,6 +182,8 @@ class TransformersBackend:
         dtype: torch dtype name; None = ``model_dtype`` on GPU, float32 on CPU.
         batch_size: sequences per ``generate`` call.
         cache_dir: where converted GGUF models are cached (None: no cache).
+        num_threads: torch's intra-op CPU threads for this process (None: torch's default, one
+            per core). On a CPU shared with other jobs, fewer threads than cores is much faster.
         model, tokenizer, processor: already loaded objects (tests, benchmarks): skip loading.
     """
 
@@ -194,6 +203,7 @@ class TransformersBackend:
         batch_size: int = 8,
         cache_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
+        num_threads: int | None = None,
         model: Any = None,
         tokenizer: Any = None,
         processor: Any = None,
@@ -204,6 +214,15 @@ class TransformersBackend:
             raise BackendError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
         if gguf and vision:
             raise BackendError("GGUF models load text-only here; set mllm.vision=false or drop mllm.gguf")
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise BackendError(
+                    f"reason.transformers.num_threads must be a positive integer or null (torch's "
+                    f"default), got {num_threads!r}"
+                )
+            # before loading: dequantising and converting weights use these threads too
+            torch.set_num_threads(int(num_threads))
+            log.info("torch intra-op threads: %d", torch.get_num_threads())
         self.identity = identity
         self.supports_images = vision
         self.chat_format = chat_format
