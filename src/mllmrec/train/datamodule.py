@@ -228,7 +228,8 @@ class MLLMRecDataModule(L.LightningDataModule):
     def _require_distinct_item_texts(self, texts: list[str]) -> None:
         """A model that reads item content must not train on one text shared by every item (the same
         features for all items score below popularity, silently). The error names what is missing:
-        for a ``dataset=custom`` folder, the items table or its empty columns (from the manifest)."""
+        for a ``dataset=custom`` folder, the items table or its empty columns (from the manifest).
+        All-empty texts of other datasets are left to :func:`mllmrec.data.checks.check_texts`."""
         if len(texts) < 2 or len(set(texts)) > 1:
             return
         name = self.dataset_cfg["name"]
@@ -240,6 +241,8 @@ class MLLMRecDataModule(L.LightningDataModule):
         elif report.get("empty_columns"):
             cause = (f"the items table's columns {report['empty_columns']} are empty. Fill them, or point "
                      "dataset.item_columns.title/.text at columns that hold text, and re-run prepare.py")
+        elif not texts[0].strip():
+            return  # all empty, no dataset=custom cause to add: data.checks.check_texts says so
         else:
             cause = "fill the items' title or description (items.parquet) and re-run prepare.py"
         raise DatasetError(
