@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mllmrec.data import DatasetError, TEST, TRAIN, VALID, interaction_data_from_frame
+from mllmrec.data import TEST, TRAIN, VALID, DatasetError, interaction_data_from_frame
 from mllmrec.data.cold_start import hold_out_cold_items
 from mllmrec.graph import semantic_graph
 from mllmrec.metrics import topk_metrics

@@ -153,7 +153,7 @@ def test_demo_knn_similarities_spread_so_alpha_prunes_different_amounts(train_cf
     # alpha x kc sweep gave identical rows. The statistics are those of the graph build itself.
     dm = build_datamodule(train_cfg("graph.alpha=0.5"))
     dm.setup("fit")
-    dm.item_graph
+    _ = dm.item_graph  # builds the graph and its statistics
     stats = dm.graph_statistics
     sims = stats.knn_similarities
     shares = [float((sims < a).mean()) for a in (0.4, 0.5, 0.6, 0.7)]

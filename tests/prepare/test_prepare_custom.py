@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +15,7 @@ from mllmrec.data import DatasetError, DatasetLayout, read_items
 from mllmrec.data.demo import export_demo_csv
 from mllmrec.prepare.cli import run_prepare
 from mllmrec.train.task import build_datamodule, popularity_metrics, train
+
 from train_helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_items_without_text_refuse_content_models_naming_the_column(shop, tmp_pa
     dm.setup("fit")
     cause = "without an items table" if case == "no_items_table" else r"columns \['empty'\] are empty"
     with pytest.raises(DatasetError, match=cause):
-        dm.item_features  # what MLLMRec and VBPR read
+        _ = dm.item_features  # what MLLMRec and VBPR read
     assert dm.data.train.nnz > 0  # ID-only models still have their data
 
 

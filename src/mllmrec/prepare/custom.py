@@ -68,7 +68,7 @@ class CustomSource:
     item_columns: Mapping[str, Any]
 
     @classmethod
-    def from_config(cls, ds: Mapping[str, Any]) -> "CustomSource":
+    def from_config(cls, ds: Mapping[str, Any]) -> CustomSource:
         """Check the files exist and the column keys are known (not yet what the files hold)."""
         hint = ("Point it at your interactions file (CSV, TSV or parquet with user, item and timestamp "
                 "columns): python prepare.py dataset=custom dataset.interactions=/path/to/interactions.csv "
