@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
-__all__ = ["train", "build_datamodule", "model_inputs", "popularity_metrics", "best_validation", "instantiate_group"]
+__all__ = ["train", "build_datamodule", "model_inputs", "popularity_metrics", "cold_start_metrics",
+           "cold_start_summary", "best_validation", "instantiate_group"]
+
+#: the model inputs that carry item content: a model taking none of them ranks cold items from
+#: untrained rows (reported as such in metrics.json's cold_start block)
+CONTENT_INPUTS = ("item_features",)
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -93,6 +98,53 @@ def popularity_metrics(datamodule, split: str, ks=(10, 20)) -> dict[str, float]:
     return evaluate_full_ranking(
         lambda users: popularity.expand(len(users), -1), exclude, truth, ks=ks
     )
+
+
+def cold_start_metrics(score_fn, datamodule, split: str, ks=(10, 20), device=None) -> dict[str, float]:
+    """Recall/NDCG@K ranking only the held-out cold items (``data.cold_start_items``,
+    :mod:`mllmrec.data.cold_start`): the full-ranking metric code on the cold columns.
+
+    ``score_fn(users)`` gives scores over all items ``[B, I]``; only the cold columns are ranked,
+    for the users with a cold item in ``split``.
+    """
+    cold = datamodule.cold_split
+    if cold is None:
+        raise RuntimeError("cold_start_metrics needs a datamodule set up with data.cold_start_items > 0")
+    exclude, truth = datamodule.eval_target(split)
+    columns = torch.from_numpy(cold.cold_items)
+
+    def cold_scores(users: torch.Tensor) -> torch.Tensor:
+        scores = score_fn(users)
+        return scores.index_select(1, columns.to(scores.device))
+
+    return evaluate_full_ranking(cold_scores, cold.restrict(exclude), cold.restrict(truth), ks=ks, device=device)
+
+
+def cold_start_summary(cfg: DictConfig, datamodule, model) -> dict[str, Any]:
+    """metrics.json's ``cold_start`` block: the split's parameters, the model's and popularity's
+    cold-item metrics on valid and test (the model as it is: after testing, the best checkpoint)."""
+    cold = datamodule.cold_split
+    params = inspect.signature(hydra.utils.get_class(cfg.model._target_).__init__).parameters
+    reads_content = any(name in params for name in CONTENT_INPUTS)
+    if not reads_content:
+        log.warning("cold start: %s reads no item content, so its scores for the %d cold items come from "
+                    "embedding rows no training step touched (reported as they are)",
+                    cfg.model._target_, len(cold.cold_items))
+    model.eval()
+    with torch.no_grad():
+        model.prepare_eval()
+    popularity = torch.from_numpy(np.asarray(datamodule.data.train.sum(axis=0)).ravel().astype(np.float32))
+    block: dict[str, Any] = {
+        "items": int(len(cold.cold_items)), "share": cold.share, "seed": cold.seed, "moved": cold.moved,
+        "protocol": "rank the cold items only", "reads_item_content": reads_content,
+    }
+    for split in ("valid", "test"):
+        block[split] = cold_start_metrics(model.full_scores, datamodule, split, model.ks, device=model.device)
+    block["popularity"] = {  # every cold item has training popularity 0: ties, i.e. item-id order
+        split: cold_start_metrics(lambda users: popularity.expand(len(users), -1), datamodule, split, model.ks)
+        for split in ("valid", "test")
+    }
+    return block
 
 
 def best_validation(history: list[dict], metric: str) -> dict:
@@ -192,6 +244,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     summary["epochs_run"] = int(trainer.current_epoch)
     summary["history"] = history
     rows = {"valid (best epoch)": summary["valid"], "test": summary["test"]}
+    if datamodule.cold_split is not None and cfg.get("test"):
+        summary["cold_start"] = cold_start_summary(cfg, datamodule, model)
+        rows["cold-start test"] = summary["cold_start"]["test"]
+        rows["cold-start popularity test"] = summary["cold_start"]["popularity"]["test"]
     if cfg.get("compare_popularity"):
         summary["popularity"] = {
             "valid": popularity_metrics(datamodule, "valid", model.ks),
