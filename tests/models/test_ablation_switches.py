@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from mllmrec.data import DatasetError
 from mllmrec.train.datamodule import MLLMRecDataModule
 from mllmrec.graph import cooccurrence_graph, refined_item_graph, semantic_graph
+from mllmrec.data.open import open_dataset
 from mllmrec.train.task import build_datamodule, model_inputs
 
 ABLATIONS = {  # experiment -> (variant, resolved keys that differ from ablation_full)
@@ -137,9 +138,9 @@ def test_text_ablations_without_mllm(train_cfg):
 def test_text_ablations_pick_the_description_parts(train_cfg, tmp_path):
     """With MLLM outputs: full = text + image description, w/o V = text, w/o T = image description."""
     overrides = [f"paths.data_dir={tmp_path / 'data'}", "mllm.name=fake-mllm"]
-    full_dm = build_datamodule(train_cfg("experiment=ablation_full", *overrides))
-    full_dm.setup("fit")  # generates the demo into the fresh data dir
-    data = full_dm.data
+    full_cfg = train_cfg("experiment=ablation_full", *overrides)
+    full_dm = build_datamodule(full_cfg)
+    data = open_dataset(OmegaConf.to_container(full_cfg.dataset, resolve=True))  # generates the demo
     folder = full_dm.layout.reasoning("fake-mllm")
     folder.mkdir(parents=True)
     ids = range(data.n_items)
