@@ -165,3 +165,18 @@ def test_eval_batches_are_capped_so_a_batch_score_matrix_stays_bounded(train_cfg
     batches = list(dm.val_dataloader())
     assert max(len(b) for b in batches) == 7 and len(batches) == -(-len(full) // 7)
     assert torch.equal(torch.cat(batches), full)
+
+
+def test_demo_knn_similarities_spread_so_alpha_prunes_different_amounts(train_cfg):
+    # demo version 1 had every kNN cosine >= 0.71: alpha in 0.4-0.7 pruned nothing and the README's
+    # alpha x kc sweep gave identical rows. The statistics are those of the graph build itself.
+    dm = build_datamodule(train_cfg("graph.alpha=0.5"))
+    dm.setup("fit")
+    _ = dm.item_graph  # builds the graph and its statistics
+    stats = dm.graph_statistics
+    sims = stats.knn_similarities
+    shares = [float((sims < a).mean()) for a in (0.4, 0.5, 0.6, 0.7)]
+    assert shares[1] > 0.02, shares  # some edges below 0.5, as on real data (~12%)
+    assert shares[1] < shares[2] < shares[3] < 1.0, shares  # each step of alpha prunes more
+    assert stats.alpha_pruned == int((sims < 0.5).sum())  # self-loops (cosine 1) are never pruned
+    assert stats.cooccurrence_edges > 0 and stats.final_edges > stats.alpha_kept  # co-occurrence adds

@@ -24,6 +24,10 @@ class GpuLauncherConf:
     lock_dir: str = "${hydra.sweep.dir}/.launcher/leases"
     # seconds between checks for a free GPU when all are leased (by other sweeps)
     poll_s: float = 0.5
+    # GPUs one job leases together (its CUDA_VISIBLE_DEVICES lists them all). An interpolation is
+    # resolved per job, in that job's config: the app's own `gpus_per_job` key when it has one
+    # (reason.yaml: the MLLM's vllm.tensor_parallel_size), else 1
+    gpus_per_job: Any = "${oc.select:gpus_per_job,1}"
 
 
 @dataclass

@@ -20,7 +20,6 @@ Nothing here builds a dense ``I x I`` or ``U x I`` matrix.
 from mllmrec.graph.ann import AnnParams
 from mllmrec.graph.knn import cooccurrence_graph, semantic_graph
 from mllmrec.graph.propagation import SparseOperator, normalize_adjacency, propagate
-from mllmrec.graph.spec import GraphSpec
 from mllmrec.graph.refined import (
     GraphBuildStatistics,
     RefinedGraph,
@@ -28,6 +27,7 @@ from mllmrec.graph.refined import (
     cached_refined_item_graph,
     refined_item_graph,
 )
+from mllmrec.graph.spec import GraphSpec
 
 __all__ = [
     "GraphSpec",

@@ -211,3 +211,8 @@ class FREEDOM(Recommender):
     def full_scores(self, users: Tensor) -> Tensor:
         assert self._eval_users is not None and self._eval_items is not None
         return self._eval_users[users] @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """User ``e_u`` [U, d] and item ``e_i + h_i`` [I, d] on the full (unpruned) graph."""
+        assert self._eval_users is not None and self._eval_items is not None
+        return self._eval_users, self._eval_items

@@ -81,3 +81,8 @@ class VBPR(Recommender):
     def full_scores(self, users: Tensor) -> Tensor:
         assert self._eval_items is not None
         return self.user_embedding(users) @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """``p_u`` [U, 2d] and ``h_i = [q_i, E f_i]`` [I, 2d]."""
+        assert self._eval_items is not None
+        return self.user_embedding.weight, self._eval_items

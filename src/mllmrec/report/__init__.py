@@ -8,7 +8,8 @@ Reads every job folder under the sweep dir (``metrics.json`` + ``.hydra/config.y
   score, its test score beside it (never selected by test);
 * ``heatmap_<dataset>_<metric>.png`` — test R@20 / N@20 over alpha x K_c (the paper's Fig. 4);
 * ``d_curve_<metric>.png`` — test R@20 / N@20 against the output dimension d (Fig. 5);
-* ``mllm_table.md`` — Table 4's layout (rows: ``mllm``, columns: datasets);
+* ``mllm_table.md`` — Table 4's layout (rows: ``mllm``; per dataset test R/N@10/20 of the
+  configuration chosen on validation, and which one it was);
 * ``ablation_table.md`` — Table 3's layout (rows: the config key ``variant``, columns: datasets);
 * ``ttest.md`` — paired t-test (``scipy.stats.ttest_rel``) of two variants' test R@20 over seeds;
 * ``report.md`` — all of it, with a note for every section that had no data.
@@ -19,12 +20,21 @@ curve), the one with the best mean validation score is shown, with its mean test
 
 from mllmrec.report.document import Section, build_report, main, markdown_table
 from mllmrec.report.tables import (
-    METRICS, SPLITS, alpha_kc_grid, best_by_validation, config_keys, layout_table, load_jobs, paired_ttest,
-    reference_variant, summarize,
+    METRICS,
+    SPLITS,
+    alpha_kc_grid,
+    best_by_validation,
+    config_keys,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
+    selected_table,
+    summarize,
 )
 
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
-    "layout_table", "reference_variant", "paired_ttest",
+    "layout_table", "selected_table", "reference_variant", "paired_ttest",
     "markdown_table", "Section", "build_report", "main",
 ]

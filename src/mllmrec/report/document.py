@@ -11,8 +11,24 @@ from pathlib import Path
 import pandas as pd
 
 from mllmrec.report.tables import (
-    ALPHA, D, DATASET, KC, METRICS, MLLM, SPLITS, VARIANT, _cell, _key_text, alpha_kc_grid, best_by_validation,
-    layout_table, load_jobs, paired_ttest, reference_variant, summarize,
+    ALPHA,
+    DATASET,
+    KC,
+    METRICS,
+    MLLM,
+    SPLITS,
+    VARIANT,
+    D,
+    _cell,
+    _key_text,
+    alpha_kc_grid,
+    best_by_validation,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
+    selected_table,
+    summarize,
 )
 
 log = logging.getLogger(__name__)
@@ -133,6 +149,21 @@ def _layout_section(summary: pd.DataFrame, out: Path, key: str, title: str, name
     return section
 
 
+def _mllm_section(summary: pd.DataFrame, out: Path) -> Section:
+    """Table 4: per MLLM and dataset one configuration chosen on validation Recall@20, its test
+    R/N@10/20 (mean ± std over seeds) and which configuration it was."""
+    section = Section("MLLM comparison (Table 4 layout)")
+    if MLLM not in summary or summary[MLLM].nunique() < 2:
+        section.note = f"only one value of `{MLLM}` in this sweep"
+        return section
+    table = selected_table(summary, MLLM, "recall@20")
+    section.markdown = ("Test scores, mean ± std over seeds, of each MLLM's configuration with the best "
+                        "mean **validation** Recall@20 on each dataset (the `config` column):\n\n"
+                        + markdown_table(table, index=True))
+    section.files.append(_write(out / "mllm_table.md", section.markdown + "\n"))
+    return section
+
+
 def _ttest_section(jobs: pd.DataFrame, out: Path, pair: Sequence[str] | None) -> Section:
     section = Section("Paired t-test over seeds (test Recall@20)")
     variants = list(dict.fromkeys(jobs[VARIANT])) if VARIANT in jobs else []
@@ -177,7 +208,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             _best_section(summary, out),
             _heatmap_section(summary, out),
             _d_section(summary, out),
-            _layout_section(summary, out, MLLM, "MLLM comparison (Table 4 layout)", "mllm_table"),
+            _mllm_section(summary, out),
             _layout_section(summary, out, VARIANT, "Ablations (Table 3 layout)", "ablation_table"),
             _ttest_section(jobs, out, ttest),
         ]
