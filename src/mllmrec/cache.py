@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-def _feed(h: "hashlib._Hash", obj: Any) -> None:
+def _feed(h: hashlib._Hash, obj: Any) -> None:
     """Feed ``obj`` into ``h`` unambiguously (type tag + length prefixes)."""
     if isinstance(obj, np.generic):  # numpy scalar: key on the Python value (repr differs by version)
         obj = obj.item()

@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.data import DatasetError
-from mllmrec.train.datamodule import MLLMRecDataModule
-from mllmrec.graph import cooccurrence_graph, refined_item_graph, semantic_graph
 from mllmrec.data.open import open_dataset
+from mllmrec.graph import cooccurrence_graph, refined_item_graph, semantic_graph
+from mllmrec.train.datamodule import MLLMRecDataModule
 from mllmrec.train.task import build_datamodule, model_inputs
 
 ABLATIONS = {  # experiment -> (variant, resolved keys that differ from ablation_full)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from prepare_fixtures import random_ratings, reference_mmrec, serve_amazon_2014
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ import importlib.util
 import json
 
 import torch
-from reasoning_helpers import REPO, tiny_gemma
 from safetensors import safe_open
 
 from mllmrec.reasoning.backends.base import Message, Request, Sampling
@@ -15,6 +14,8 @@ from mllmrec.reasoning.backends.transformers_backend import (
     TransformersBackend,
     gemma_prompt,
 )
+
+from reasoning_helpers import REPO, tiny_gemma
 
 
 def load_bench():

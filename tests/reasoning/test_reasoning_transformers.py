@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from reasoning_helpers import TINY_WORDS, tiny_gemma
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
@@ -18,6 +17,8 @@ from mllmrec.reasoning.backends.transformers_backend import (
     TransformersBackend,
     gemma_prompt,
 )
+
+from reasoning_helpers import TINY_WORDS, tiny_gemma
 
 
 class Recording:
@@ -70,10 +71,10 @@ def test_gemma3_270m_end_to_end_on_the_demo(gemma_backend, reason_cfg) -> None:
                for r in backend.requests)
 
     # ... and the training app encodes exactly these texts and trains on them
-    from train_helpers import compose_config
-
     from mllmrec.encoding import EncoderSpec, encode_texts
     from mllmrec.train.task import train
+
+    from train_helpers import compose_config
 
     train_cfg = compose_config("train", [
         f"paths.data_dir={cfg.paths.data_dir}", "mllm=gemma3_270m", "dataset.n_users=8",

@@ -23,7 +23,7 @@ from reasoning_helpers import tiny_overrides
 class FakeLLM:
     """Records what the backend asks of ``vllm.LLM`` and answers like vLLM's ``RequestOutput``."""
 
-    instances: list["FakeLLM"] = []
+    instances: list[FakeLLM] = []
     fail_on_call: int | None = None  # raise on this chat call (1-based): a crash mid-run
 
     def __init__(self, **kwargs) -> None:
@@ -47,7 +47,7 @@ class FakeLLM:
             content = conversation[-1]["content"]
             if isinstance(content, list):
                 image = next(p["image_pil"] for p in content if p["type"] == "image_pil")
-                text = "a product whose colour is rgb{}".format(image.getpixel((0, 0)))
+                text = f"a product whose colour is rgb{image.getpixel((0, 0))}"
             else:
                 text = f"profile of a prompt with {len(content)} characters"
             ids = list(range(min(params.kwargs["max_tokens"], len(text.split()))))

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+from vllm_cpu_helpers import GEMMA_SMALL, apply_env, gemma_folder
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
 from mllmrec.reasoning.backends.base import Message, Request, Sampling
 
 from reasoning_helpers import compose_reason, tiny_overrides
-from vllm_cpu_helpers import GEMMA_SMALL, apply_env, gemma_folder
 
 pytestmark = pytest.mark.vllm_cpu
 

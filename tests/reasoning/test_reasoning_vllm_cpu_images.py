@@ -13,13 +13,13 @@ import json
 
 import pytest
 from PIL import Image
+from vllm_cpu_helpers import apply_env, tiny_qwen_folder, tiny_qwen_overrides
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
 from mllmrec.reasoning.backends.base import ImagePart, Message, Request, Sampling
 
 from reasoning_helpers import build_tiny_dataset, compose_reason, tiny_overrides
-from vllm_cpu_helpers import apply_env, tiny_qwen_folder, tiny_qwen_overrides
 
 pytestmark = pytest.mark.vllm_cpu
 

@@ -14,9 +14,9 @@ import time
 
 import pandas as pd
 import pytest
+from vllm_cpu_helpers import GEMMA_SMALL, alive, descendants, gemma_folder, run_reason, shard_frames, vllm_env
 
 from reasoning_helpers import REPO
-from vllm_cpu_helpers import GEMMA_SMALL, alive, descendants, gemma_folder, run_reason, shard_frames, vllm_env
 
 pytestmark = pytest.mark.vllm_cpu
 

@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
+from vllm_cpu_helpers import Server, run_reason, shard_frames, tiny_qwen_folder, tiny_qwen_overrides, vllm_env
 
 from mllmrec.data import DatasetLayout
 
 from reasoning_helpers import build_tiny_dataset, tiny_overrides
-from vllm_cpu_helpers import Server, run_reason, shard_frames, tiny_qwen_folder, tiny_qwen_overrides, vllm_env
 
 pytestmark = pytest.mark.vllm_cpu
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from reliability_helpers import make_read_only, snapshot
+
 from mllmrec.cache import build_once
 from mllmrec.data.errors import DatasetError
 
@@ -60,8 +60,9 @@ def test_a_corrupt_embeddings_file_is_moved_aside_and_rebuilt(tmp_path, monkeypa
 
 
 def test_a_truncated_graph_file_is_rebuilt(tmp_path, caplog):
-    from mllmrec.graph import cached_refined_item_graph, refined_item_graph
     import scipy.sparse as sp
+
+    from mllmrec.graph import cached_refined_item_graph, refined_item_graph
 
     rng = np.random.default_rng(0)
     features = torch.from_numpy(rng.random((30, 6)).astype(np.float32))

@@ -14,8 +14,9 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from train_helpers import compose_config
 from mllmrec.train.checkpointing import AtomicCheckpointIO
+
+from train_helpers import compose_config
 
 
 class _FullDisk:

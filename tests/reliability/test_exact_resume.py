@@ -11,9 +11,10 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from train_helpers import SMALL_DEMO, compose_config
 from mllmrec.train.checkpointing import RandomStateCheckpoint
 from mllmrec.train.task import train
+
+from train_helpers import SMALL_DEMO, compose_config
 
 QUIET = ["logger=none", "trainer=cpu", "callbacks.progress_bar=null", "callbacks.user_tsne=null",
          "callbacks.graph_statistics=null", "compare_popularity=false", *SMALL_DEMO]

@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from train_helpers import ROOT
 from mllmrec.reasoning.images import scan_images
 from mllmrec.secrets import REDACTED, install_log_redaction, is_secret_key, redact_container, redact_text
+
+from train_helpers import ROOT
 
 
 # --------------------------------------------------------------------------- image paths
@@ -45,9 +46,9 @@ def test_image_paths_outside_the_image_folder_are_not_read(tmp_path, caplog):
 
 def test_reason_settings_confine_images_unless_told_otherwise():
     sys.path.insert(0, str(ROOT / "tests" / "reasoning"))
-    from reasoning_helpers import compose_reason
-
     from mllmrec.reasoning.settings import ReasonSettings
+
+    from reasoning_helpers import compose_reason
 
     assert ReasonSettings.from_config(compose_reason(["mllm=qwen25vl"])).allow_outside_images is False
     opted_in = compose_reason(["mllm=qwen25vl", "reason.allow_outside_images=true"])

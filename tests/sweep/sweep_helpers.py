@@ -38,6 +38,7 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> sub
 def encode_demo(data_dir: Path) -> Path:
     """Generate + encode the small demo into ``data_dir`` (a no-op when its caches exist)."""
     from hydra.core.global_hydra import GlobalHydra
+
     from mllmrec.train.task import build_datamodule
 
     try:

@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import SMALL_DEMO, compose_train, encoded_data_dir, read_wandb_records  # noqa: E402, F401
-
 from mllmrec.train.loggers import wandb_mode  # noqa: E402
+
+from sweep_helpers import SMALL_DEMO, compose_train, encoded_data_dir, read_wandb_records  # noqa: E402, F401
 
 
 @pytest.fixture

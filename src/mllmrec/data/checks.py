@@ -67,7 +67,7 @@ def _masked_pairs(truth: sp.csr_matrix, exclude: sp.csr_matrix) -> sp.csr_matrix
     return truth.multiply(exclude).tocsr()
 
 
-def check_split_overlap(data: "InteractionData", origin: str, exclude_valid_at_test: bool = False) -> dict:
+def check_split_overlap(data: InteractionData, origin: str, exclude_valid_at_test: bool = False) -> dict:
     """Warn about (user, item) pairs of valid/test that evaluation masks; raise for an unreachable split.
 
     Full-ranking evaluation removes a user's training items (and, with ``exclude_valid_at_test``, the
@@ -182,7 +182,7 @@ def check_texts(texts: list[str], what: str, origin: str) -> int:
 
 
 def check_loaded_dataset(
-    data: "InteractionData", origin: str, feature_origins: dict[str, str] | None = None,
+    data: InteractionData, origin: str, feature_origins: dict[str, str] | None = None,
     exclude_valid_at_test: bool = False,
 ) -> None:
     """Split overlap of ``data`` and, for each of its feature matrices present, the degenerate-row check.

