@@ -220,6 +220,34 @@ def test_trains_on_an_mmrec_format_folder(train_cfg, tmp_path):
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == before
 
 
+def test_mmrec_folder_serves_named_modalities_to_freedom(train_cfg, tmp_path):
+    folder = tmp_path / "mmrec_toy"
+    _write_mmrec_folder(folder)
+    rng = np.random.default_rng(1)
+    text, image = rng.normal(size=(40, 12)).astype(np.float32), rng.normal(size=(40, 24))
+    np.save(folder / "text_feat.npy", text)
+    np.save(folder / "image_feat.npy", image)  # float64: cast to float32
+    summary, objs = train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy",
+                                    "experiment=baseline_freedom", "trainer.max_epochs=1"))
+    dm, model = objs["datamodule"], objs["model"]
+    assert set(summary["test"]) == METRICS
+    assert set(dm._modalities) == {"text", "image"}  # only what FREEDOM declares
+    torch.testing.assert_close(dm._modalities["text"], torch.from_numpy(text))
+    torch.testing.assert_close(model.feature_projections["image"].in_features, 24)
+    assert not dm.has_item_graph  # model.item_graph=own: no refined graph built
+
+
+def test_mmrec_folder_without_image_file_names_the_file(train_cfg, tmp_path):
+    folder = tmp_path / "mmrec_toy"
+    _write_mmrec_folder(folder)
+    np.save(folder / "text_feat.npy", np.ones((40, 4), np.float32))
+    with pytest.raises(DatasetError, match=r"'image'.*image_feat.npy does not exist"):
+        train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy", "model=vbpr"))
+    with pytest.raises(DatasetError, match=r"dataset.modalities.image=image_feat.npy"):
+        train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy", "model=vbpr",
+                        "dataset.modalities.image=null"))
+
+
 def test_mmrec_folder_missing_root_is_a_clear_error(train_cfg):
     with pytest.raises(ConfigError, match="dataset.root"):
         train(train_cfg("dataset=mmrec", "dataset.root=/does/not/exist", "dataset.name=toy"))

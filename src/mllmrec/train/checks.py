@@ -178,6 +178,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     if "d" in cfg.model:
         _require(_is_int(cfg.model.d) and cfg.model.d >= 1, "model.d", cfg.model.d,
                  "the output dimension must be an integer >= 1")
+    if "item_graph" in cfg.model:  # the +GR switch of models with their own item-item graph
+        from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
+
+        _require(cfg.model.item_graph in ITEM_GRAPH_CHOICES, "model.item_graph", cfg.model.item_graph,
+                 f"must be one of {ITEM_GRAPH_CHOICES} (refined = MLLMRec's refined graph, built from graph.*)")
     if cfg.model.get("hidden_dim") is not None:
         _require(_is_int(cfg.model.hidden_dim) and cfg.model.hidden_dim >= 1, "model.hidden_dim",
                  cfg.model.hidden_dim, "must be an integer >= 1 or null")

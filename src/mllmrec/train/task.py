@@ -19,6 +19,7 @@ from mllmrec.errors import ConfigError
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checks import build_spec, validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
+from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
 from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
-__all__ = ["train", "build_datamodule", "model_inputs", "popularity_metrics", "best_validation", "instantiate_group"]
+__all__ = ["train", "build_datamodule", "declared_modalities", "model_inputs", "popularity_metrics", "best_validation", "instantiate_group"]
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -58,12 +59,19 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     ``__init__`` signature; the available inputs are ``item_features`` [I, d_t], ``user_features``
     [U, d_t] or None, ``item_graph`` (the refined graph, sparse [I, I]), ``train_interactions``
     (scipy CSR [U, I], training split only), ``n_users``, ``n_items`` and ``seed``. A model that takes
+    A model whose YAML has an ``item_graph`` key (``own`` | ``refined``) can take the refined graph
+    in place of its own item-item graph: ``model.item_graph=refined`` passes the datamodule's
+    ``item_graph`` (the same ``graph.*`` settings and cache as MLLMRec), ``own`` passes ``"own"``.
+    ``item_modalities`` is ``{name: [I, d_name]}`` for the modalities the model declares
+    (:func:`declared_modalities`). A model that takes
     ``item_graph`` and ``layers`` propagates over that graph: its ``layers`` is ``graph.layers`` (L).
     Inputs a model does not ask for are never built: BPR pays for no encoding and no graph build.
     """
     target = cfg.model._target_
-    params = inspect.signature(hydra.utils.get_class(target).__init__).parameters
+    model_class = hydra.utils.get_class(target)
+    params = inspect.signature(model_class.__init__).parameters
     providers = {
+        "item_modalities": lambda: datamodule.item_modalities(declared_modalities(cfg)),
         "item_features": lambda: datamodule.item_features,
         "user_features": lambda: datamodule.user_features,
         "item_graph": lambda: datamodule.item_graph,
@@ -77,7 +85,28 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
             raise ConfigError(f"model.layers={cfg.model.layers}: {target} propagates over the refined item "
                               "graph; set its depth with graph.layers instead")
         providers["layers"] = lambda: datamodule.graph_spec.layers
-    return {name: build() for name, build in providers.items() if name in params and name not in cfg.model}
+    inputs = {name: build() for name, build in providers.items() if name in params and name not in cfg.model}
+    if "item_graph" in params and "item_graph" in cfg.model:  # the +GR switch: model.item_graph=own|refined
+        choice = cfg.model.item_graph
+        if choice not in ITEM_GRAPH_CHOICES:
+            raise ConfigError(f"model.item_graph={choice!r}: must be one of {ITEM_GRAPH_CHOICES} (refined = "
+                              "MLLMRec's refined graph from graph.*, the +GR variant)")
+        # the refined graph is built (or read from its cache) only when asked for
+        inputs["item_graph"] = datamodule.item_graph if choice == "refined" else "own"
+    return inputs
+
+
+def declared_modalities(cfg: DictConfig) -> tuple[str, ...]:
+    """The item modalities ``cfg.model`` reads: ``model.modalities`` when set, else the class's
+    ``modalities`` attribute (empty for a model without ``item_modalities``)."""
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    if "item_modalities" not in inspect.signature(model_class.__init__).parameters:
+        return ()
+    names = cfg.model.get("modalities") or getattr(model_class, "modalities", ())
+    if not names:
+        raise ConfigError(f"{cfg.model._target_} takes item_modalities but declares none: give the class a "
+                          "`modalities = (...)` attribute or set model.modalities")
+    return tuple(str(n) for n in names)
 
 
 def popularity_metrics(datamodule, split: str, ks=(10, 20)) -> dict[str, float]:
@@ -128,6 +157,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = build_datamodule(cfg)
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
+    datamodule.check_modalities(declared_modalities(cfg), cfg.model._target_.rsplit(".", 1)[-1])
     started = time.perf_counter()
     datamodule.setup("fit")
     inputs = model_inputs(cfg, datamodule)  # encodes / builds only what the model reads
