@@ -237,6 +237,29 @@ def test_mmrec_folder_serves_named_modalities_to_freedom(train_cfg, tmp_path):
     assert not dm.has_item_graph  # model.item_graph=own: no refined graph built
 
 
+@pytest.mark.parametrize("model", ["freedom", "lattice", "lgmrec"])
+def test_mmrec_plus_gr_switch_trains_on_the_datamodules_refined_graph(train_cfg, tmp_path, model):
+    from mllmrec.graph import normalize_adjacency
+
+    folder = tmp_path / "mmrec_toy"
+    _write_mmrec_folder(folder)
+    rng = np.random.default_rng(2)
+    np.save(folder / "text_feat.npy", rng.normal(size=(40, 12)).astype(np.float32))
+    np.save(folder / "image_feat.npy", rng.normal(size=(40, 20)).astype(np.float32))
+    summary, objs = train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy",
+                                    f"experiment=baseline_{model}_gr", "trainer.max_epochs=2"))
+    dm, trained = objs["datamodule"], objs["model"]
+    assert set(summary["test"]) == METRICS and len(summary["history"]) == 2
+    assert dm.has_item_graph and trained.hparams["item_graph"] == "refined"
+    expected = normalize_adjacency(dm.item_graph).to_dense()
+    if model == "lattice":
+        got = torch.zeros_like(expected).index_put_((trained.frozen_rows_0, trained.frozen_cols_0),
+                                                    trained.frozen_values_0, accumulate=True)
+    else:
+        got = trained.item_item.to_dense()
+    torch.testing.assert_close(got, expected)
+
+
 def test_mmrec_folder_without_image_file_names_the_file(train_cfg, tmp_path):
     folder = tmp_path / "mmrec_toy"
     _write_mmrec_folder(folder)

@@ -7,6 +7,8 @@ this package only exports the ones it ships. See docs/models.md ("add your own m
 from mllmrec.models.base import Recommender, bpr_loss
 from mllmrec.models.bpr import BPR
 from mllmrec.models.freedom import FREEDOM, degree_sensitive_pruning
+from mllmrec.models.lattice import LATTICE
+from mllmrec.models.lgmrec import LGMRec
 from mllmrec.models.lightgcn import LightGCN
 from mllmrec.models.mllmrec import MLLMRec, mlp_tower
 from mllmrec.models.mmrec_parts import emb_loss, mmrec_bpr_loss
@@ -15,6 +17,8 @@ from mllmrec.models.vbpr import VBPR
 __all__ = [
     "BPR",
     "FREEDOM",
+    "LATTICE",
+    "LGMRec",
     "LightGCN",
     "MLLMRec",
     "Recommender",
