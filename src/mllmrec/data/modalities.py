@@ -5,7 +5,9 @@ A dataset config maps modality names to ``.npy`` files with ``dataset.modalities
 are MMRec's own ``text_feat.npy`` / ``image_feat.npy``; the ``mllm`` modality is the
 ``dataset.item_features`` file (the authors' ``image_text_feat.npy``), MLLMRec's ``E_I``.
 Processed datasets build ``text`` (the encoded item text) and ``mllm`` (the encoded item
-descriptions) themselves (:data:`BUILT_MODALITIES`); other modalities (``image``) come from files.
+descriptions) themselves (:data:`BUILT_MODALITIES`); their ``image`` modality is
+``processed/features/image_feat.npy``, written by ``python features.py``
+(:mod:`mllmrec.prepare.image_features`); other modalities come from files.
 
 A model declares the modalities it reads (``modalities = ("text", "image")``, a class attribute,
 overridable with ``model.modalities``); :func:`check_modalities` fails at start-up, before any data
@@ -32,12 +34,18 @@ def _is_mmrec(dataset: Mapping[str, Any]) -> bool:
     return dataset.get("format", "processed") == "mmrec"
 
 
+#: a processed dataset's ``image`` modality, written by ``python features.py`` (relative to its root)
+PROCESSED_IMAGE_FEATURES = Path("processed") / "features" / "image_feat.npy"
+
+
 def modality_files(dataset: Mapping[str, Any]) -> dict[str, Path]:
     """``{name: path}`` of the modalities a dataset config maps to files (unset ones left out)."""
     root = Path(dataset["root"])
     files = {str(name): root / str(file) for name, file in (dataset.get("modalities") or {}).items() if file}
     if _is_mmrec(dataset) and dataset.get("item_features") and MLLM_MODALITY not in files:
         files[MLLM_MODALITY] = root / str(dataset["item_features"])
+    if not _is_mmrec(dataset) and "image" not in files:
+        files["image"] = root / PROCESSED_IMAGE_FEATURES
     return files
 
 
@@ -59,6 +67,13 @@ def check_modalities(dataset: Mapping[str, Any], names: Iterable[str], model: st
                 f"provide. Add an [n_items, d] float .npy file (e.g. {default}) to {dataset['root']} and "
                 f"set dataset.modalities.{name}={default}, or set model.modalities to the ones it has "
                 f"({sorted(set(files) | set(built))})."
+            )
+        if not path.is_file() and not _is_mmrec(dataset) and name == "image":
+            raise DatasetError(
+                f"{model} reads the item modality 'image': {path} does not exist. Encode the item images "
+                f"with `python features.py dataset={dataset.get('name')} image_encoder.model=<image model>`, "
+                "or set dataset.modalities.image to an [n_items, d] .npy file, or train with "
+                "model.modalities=[text]."
             )
         if not path.is_file():
             raise DatasetError(
