@@ -260,6 +260,21 @@ def test_mmrec_plus_gr_switch_trains_on_the_datamodules_refined_graph(train_cfg,
     torch.testing.assert_close(got, expected)
 
 
+def test_baseline_on_mmrecs_own_folder_needs_no_authors_feature_files(train_cfg, tmp_path):
+    folder = tmp_path / "mmrec_own"
+    _write_mmrec_folder(folder)
+    (folder / "image_text_feat.npy").unlink()  # MMRec's own folders hold only text/image features
+    (folder / "user_preferences_feat.npy").unlink()
+    rng = np.random.default_rng(3)
+    np.save(folder / "text_feat.npy", rng.normal(size=(40, 8)).astype(np.float32))
+    np.save(folder / "image_feat.npy", rng.normal(size=(40, 8)).astype(np.float32))
+    args = ("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy", "trainer.max_epochs=1")
+    summary, objs = train(train_cfg(*args, "experiment=baseline_freedom"))
+    assert set(summary["test"]) == METRICS and objs["datamodule"].data.item_features is None
+    with pytest.raises(ConfigError, match="dataset.item_features"):  # the refined graph is built from it
+        train(train_cfg(*args, "experiment=baseline_freedom_gr"))
+
+
 def test_mmrec_folder_without_image_file_names_the_file(train_cfg, tmp_path):
     folder = tmp_path / "mmrec_toy"
     _write_mmrec_folder(folder)

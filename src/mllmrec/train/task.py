@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
 from mllmrec.train.callbacks import log_results
-from mllmrec.train.checks import build_spec, validate_train_config
+from mllmrec.train.checks import build_spec, unread_feature_keys, validate_train_config
 from mllmrec.metrics import evaluate_full_ranking
 from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
 from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
@@ -156,6 +156,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = build_datamodule(cfg)
+    for key in unread_feature_keys(cfg):  # e.g. FREEDOM on MMRec's own folder: no image_text_feat.npy needed
+        if datamodule.dataset_cfg.get(key):
+            log.info("dataset.%s=%s is not read by %s: not loaded", key, datamodule.dataset_cfg[key], cfg.model._target_)
+            datamodule.dataset_cfg[key] = None
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
     datamodule.check_modalities(declared_modalities(cfg), cfg.model._target_.rsplit(".", 1)[-1])
     started = time.perf_counter()
