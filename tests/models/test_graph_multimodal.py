@@ -16,7 +16,7 @@ from mllmrec.models.lattice import self_loop_random_walk
 from mllmrec.models.lgmrec import hypergraph_rounds, infonce_sum
 from mllmrec.models.ui_graph import bipartite_edges
 
-U, I = 25, 18
+U, I = 25, 18  # noqa: E741  (users, items: the paper's U and I)
 
 
 def _interactions(seed: int = 0) -> sp.csr_matrix:

@@ -11,7 +11,7 @@ import torch
 from mllmrec.models import BPR, VBPR, LightGCN, emb_loss, mmrec_bpr_loss
 from mllmrec.models.mmrec_parts import edge_propagate, knn_indices
 
-U, I = 30, 20
+U, I = 30, 20  # noqa: E741  (users, items: the paper's U and I)
 
 
 def _mmrec_emb_loss(*embs):  # common/loss.py EmbLoss, as written there

@@ -23,8 +23,19 @@ curve), the one with the best mean validation score is shown, with its mean test
 
 from mllmrec.report.document import Section, build_report, main, markdown_table
 from mllmrec.report.tables import (
-    METRICS, SPLITS, alpha_kc_grid, best_by_validation, config_keys, gr_comparison, improvement_over_best_baseline,
-    layout_table, load_jobs, paired_ttest, reference_variant, summarize, table2,
+    METRICS,
+    SPLITS,
+    alpha_kc_grid,
+    best_by_validation,
+    config_keys,
+    gr_comparison,
+    improvement_over_best_baseline,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
+    summarize,
+    table2,
 )
 
 __all__ = [

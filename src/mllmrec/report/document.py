@@ -11,9 +11,26 @@ from pathlib import Path
 import pandas as pd
 
 from mllmrec.report.tables import (
-    ALPHA, D, DATASET, KC, METRICS, MLLM, SPLITS, VARIANT, _cell, _key_text, alpha_kc_grid, best_by_validation,
-    gr_comparison, improvement_over_best_baseline, layout_table, load_jobs, paired_ttest, reference_variant,
-    summarize, table2,
+    ALPHA,
+    DATASET,
+    KC,
+    METRICS,
+    MLLM,
+    SPLITS,
+    VARIANT,
+    D,
+    _cell,
+    _key_text,
+    alpha_kc_grid,
+    best_by_validation,
+    gr_comparison,
+    improvement_over_best_baseline,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
+    summarize,
+    table2,
 )
 
 log = logging.getLogger(__name__)

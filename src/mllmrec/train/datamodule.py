@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from mllmrec.data import DatasetError, DatasetLayout, InteractionData, history_text, read_items
 from mllmrec.data.modalities import MLLM_MODALITY, check_modalities, modality_files
-from mllmrec.data.validation import load_feature_matrix
 from mllmrec.data.open import check_dataset, open_dataset
+from mllmrec.data.validation import load_feature_matrix
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.errors import ConfigError
 from mllmrec.graph import GraphBuildStatistics, GraphSpec, build_refined_item_graph

@@ -16,13 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
+from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
+from mllmrec.metrics import evaluate_full_ranking
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checks import build_spec, unread_feature_keys, validate_train_config
-from mllmrec.metrics import evaluate_full_ranking
-from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
-from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
+from mllmrec.train.objective import objective  # noqa: F401  (public here; defined torch-free for skipped jobs)
 
 log = logging.getLogger(__name__)
 
