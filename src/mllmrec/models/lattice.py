@@ -56,7 +56,12 @@ def similarity_knn_edges(features: Tensor, k: int) -> Edges:
     """
     rows, cols = knn_indices(features, k)
     unit = F.normalize(features, dim=-1)
-    return rows, cols, (unit[rows] * unit[cols]).sum(-1)
+    # in blocks of edges: gathering all I k rows at once would hold two [I k, d] copies (2.3 GB for
+    # Baby's 4096-d image features)
+    block = max(1, (1 << 24) // max(unit.shape[1], 1))
+    values = torch.cat([(unit[rows[s:s + block]] * unit[cols[s:s + block]]).sum(-1)
+                        for s in range(0, rows.numel(), block)])
+    return rows, cols, values
 
 
 def symmetric_normalize_edges(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> Tensor:
