@@ -141,9 +141,9 @@ def unread_feature_keys(cfg: DictConfig) -> list[str]:
     (the ``mllm`` modality, also what the refined graph is built from) nor their user features."""
     if cfg.dataset.get("format") != "mmrec":
         return []
-    params = inspect.signature(hydra.utils.get_class(cfg.model._target_).__init__).parameters
-    unread = []
     model_class = hydra.utils.get_class(cfg.model._target_)
+    params = inspect.signature(model_class.__init__).parameters
+    unread = []
     modalities = (cfg.model.get("modalities") or getattr(model_class, "modalities", ())) \
         if "item_modalities" in params else ()
     graph_used = "item_graph" in params and cfg.model.get("item_graph", "refined") == "refined"

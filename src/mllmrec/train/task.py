@@ -58,18 +58,17 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     A model (in this package or anywhere importable via ``_target_``) declares what it needs in its
     ``__init__`` signature; the available inputs are ``item_features`` [I, d_t], ``user_features``
     [U, d_t] or None, ``item_graph`` (the refined graph, sparse [I, I]), ``train_interactions``
-    (scipy CSR [U, I], training split only), ``n_users``, ``n_items`` and ``seed``. A model that takes
-    A model whose YAML has an ``item_graph`` key (``own`` | ``refined``) can take the refined graph
-    in place of its own item-item graph: ``model.item_graph=refined`` passes the datamodule's
-    ``item_graph`` (the same ``graph.*`` settings and cache as MLLMRec), ``own`` passes ``"own"``.
-    ``item_modalities`` is ``{name: [I, d_name]}`` for the modalities the model declares
-    (:func:`declared_modalities`). A model that takes
-    ``item_graph`` and ``layers`` propagates over that graph: its ``layers`` is ``graph.layers`` (L).
+    (scipy CSR [U, I], training split only), ``n_users``, ``n_items``, ``seed`` and
+    ``item_modalities``, ``{name: [I, d_name]}`` for the modalities the model declares
+    (:func:`declared_modalities`). A model that takes ``item_graph`` and ``layers`` propagates over
+    that graph: its ``layers`` is ``graph.layers`` (L). A model whose YAML has an ``item_graph`` key
+    (``own`` | ``refined``) can take the refined graph in place of its own item-item graph:
+    ``model.item_graph=refined`` passes the datamodule's ``item_graph`` (the same ``graph.*`` settings
+    and cache as MLLMRec), ``own`` passes ``"own"``.
     Inputs a model does not ask for are never built: BPR pays for no encoding and no graph build.
     """
     target = cfg.model._target_
-    model_class = hydra.utils.get_class(target)
-    params = inspect.signature(model_class.__init__).parameters
+    params = inspect.signature(hydra.utils.get_class(target).__init__).parameters
     providers = {
         "item_modalities": lambda: datamodule.item_modalities(declared_modalities(cfg)),
         "item_features": lambda: datamodule.item_features,
