@@ -163,6 +163,35 @@ def test_sample_negatives_dense_user():
     assert not np.isin(neg[200:], [0, 1, 2]).any()
 
 
+def test_negatives_from_training_items_only_as_mmrec_samples_them():
+    """data.negative_items=train: negatives never hit an item without a training interaction
+    (MMRec's TrainDataLoader samples from the training set's items); 'all' does hit them."""
+    import scipy.sparse as sp
+
+    from mllmrec.train.batches import BPRTriplets
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 30
+    cold = np.arange(20, 30)  # items 20..29: no training interaction
+    rows = np.repeat(np.arange(n_users), 4)
+    cols = np.concatenate([rng.choice(20, 4, replace=False) for _ in range(n_users)])
+    train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    for mode, expect_cold in (("train", False), ("all", True)):
+        triplets = BPRTriplets(train, batch_size=64, seed=1, negative_items=mode)
+        users, negatives = [], []
+        for epoch in range(5):
+            triplets.build_epoch(epoch)
+            for b in range(len(triplets)):
+                u, _, n = triplets[b]
+                users.append(u.numpy())
+                negatives.append(n.numpy())
+        users, negatives = np.concatenate(users), np.concatenate(negatives)
+        assert np.isin(negatives, cold).any() == expect_cold
+        assert not np.asarray(train[users, negatives]).any()  # never a training positive
+    with pytest.raises(ValueError, match="data.negative_items"):
+        BPRTriplets(train, batch_size=64, seed=1, negative_items="seen")
+
+
 @pytest.mark.parametrize(
     "override, key",
     [("graph.alpha=1.5", "graph.alpha"), ("graph.ks=0", "graph.ks"), ("model.d=0", "model.d"),

@@ -68,6 +68,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         item_text_source: str = "description",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
+        negative_items: str = "all",
     ) -> None:
         super().__init__()
         if item_text_source not in ITEM_TEXT_SOURCES:
@@ -83,6 +84,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.item_text_source = item_text_source
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
+        self.negative_items = negative_items  # all | train (MMRec: only items seen in training)
         self.data: InteractionData | None = None
         self._texts: tuple[list[str], list[str]] | None = None
         self._item_features: torch.Tensor | None = None
@@ -150,7 +152,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.check_inputs()
         self.data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
         log.info("%s", self.data.summary())
-        self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed)
+        self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed, self.negative_items)
         self.train_sampler = EpochSampler(self.triplets)
 
     # ----------------------------------------------------------------- model inputs, on demand
