@@ -1,6 +1,7 @@
 """Synthetic datasets at the paper's Baby / Sports / Clothing shapes, shared by the training benchmarks.
 
-Each is an MMRec-format folder (``<name>.inter`` + ``item_feat.npy`` + ``user_feat.npy``), so the
+Each is an MMRec-format folder (``<name>.inter`` + ``item_feat.npy`` + ``user_feat.npy`` + MMRec's
+``text_feat.npy`` (384-d) / ``image_feat.npy`` (4096-d)), so the
 benchmarks run the real loading path (``dataset=mmrec``). Interactions: exact user / item /
 interaction counts of Table 1 (Section 5.1.1), every user with >= 5 distinct items, long-tailed item
 popularity, every item used, MMRec's per-user random 8:1:1 split. Features: 384-d (MiniLM's size),
@@ -22,7 +23,8 @@ from mllmrec.data.split import mmrec_split
 __all__ = ["SHAPES", "Shape", "synthetic_interactions", "ensure_mmrec_folder", "FEATURE_DIM"]
 
 FEATURE_DIM = 384
-_VERSION = 1  # bump when the generator changes, so cached folders are rebuilt
+IMAGE_FEATURE_DIM = 4096
+_VERSION = 2  # bump when the generator changes, so cached folders are rebuilt
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,11 @@ def synthetic_interactions(shape: Shape, seed: int = 0) -> pd.DataFrame:
     })
 
 
-def _features(n: int, rng: np.random.Generator, n_clusters: int = 64) -> np.ndarray:
-    """[n, 384] float32: a cluster centre + noise per row (cosine kNN then has real neighbours)."""
-    centres = rng.standard_normal((n_clusters, FEATURE_DIM)).astype(np.float32)
+def _features(n: int, rng: np.random.Generator, n_clusters: int = 64, dim: int = FEATURE_DIM) -> np.ndarray:
+    """[n, dim] float32: a cluster centre + noise per row (cosine kNN then has real neighbours)."""
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     labels = rng.integers(n_clusters, size=n)
-    return (centres[labels] + 0.8 * rng.standard_normal((n, FEATURE_DIM)).astype(np.float32)).astype(np.float32)
+    return (centres[labels] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
 
 
 def ensure_mmrec_folder(shape: Shape, root: Path, seed: int = 0) -> Path:
@@ -106,5 +108,8 @@ def ensure_mmrec_folder(shape: Shape, root: Path, seed: int = 0) -> Path:
     synthetic_interactions(shape, seed).to_csv(folder / f"{shape.name}.inter", sep="\t", index=False)
     np.save(folder / "item_feat.npy", _features(shape.n_items, rng))
     np.save(folder / "user_feat.npy", _features(shape.n_users, rng))
+    # MMRec's own modalities at their sizes: 384-d text, 4096-d image (VBPR, FREEDOM, LATTICE, LGMRec)
+    np.save(folder / "text_feat.npy", _features(shape.n_items, rng))
+    np.save(folder / "image_feat.npy", _features(shape.n_items, rng, dim=IMAGE_FEATURE_DIM))
     stamp.write_text(json.dumps(wanted))
     return folder

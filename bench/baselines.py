@@ -2,7 +2,8 @@
 
 Each model runs in a fresh subprocess through the same path as bench/train.py (synthetic Baby-shaped
 MMRec folder, composed config, datamodule, Lightning on CPU, no checkpoints/logging): BPR, LightGCN,
-VBPR, FREEDOM, FREEDOM+GR (refined graph), MLLMRec and MLLMRec w/ GCN_UI.
+VBPR, FREEDOM, LATTICE, LGMRec (each multimodal one on MMRec's 384-d text + 4096-d image features, and
+with the refined graph, +GR), MLLMRec and MLLMRec w/ GCN_UI.
 
 Usage:
     python bench/baselines.py                      # writes bench/results/baselines.md
@@ -24,7 +25,11 @@ MODELS = {  # name -> Hydra overrides
     "LightGCN": ["model=lightgcn"],
     "VBPR": ["model=vbpr"],
     "FREEDOM": ["model=freedom"],
-    "FREEDOM+GR": ["model=freedom", "model.refine_graph=true"],
+    "FREEDOM+GR": ["model=freedom", "model.item_graph=refined"],
+    "LATTICE": ["model=lattice"],
+    "LATTICE+GR": ["model=lattice", "model.item_graph=refined"],
+    "LGMRec": ["model=lgmrec"],
+    "LGMRec+GR": ["model=lgmrec", "model.item_graph=refined"],
     "MLLMRec": ["model=mllmrec"],
     "MLLMRec w/ GCN_UI": ["model=mllmrec", "model.ui_layers=2"],
 }

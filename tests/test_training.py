@@ -164,6 +164,35 @@ def test_sample_negatives_dense_user():
     assert not np.isin(neg[200:], [0, 1, 2]).any()
 
 
+def test_negatives_from_training_items_only_as_mmrec_samples_them():
+    """data.negative_items=train: negatives never hit an item without a training interaction
+    (MMRec's TrainDataLoader samples from the training set's items); 'all' does hit them."""
+    import scipy.sparse as sp
+
+    from mllmrec.train.batches import BPRTriplets
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 30
+    cold = np.arange(20, 30)  # items 20..29: no training interaction
+    rows = np.repeat(np.arange(n_users), 4)
+    cols = np.concatenate([rng.choice(20, 4, replace=False) for _ in range(n_users)])
+    train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    for mode, expect_cold in (("train", False), ("all", True)):
+        triplets = BPRTriplets(train, batch_size=64, seed=1, negative_items=mode)
+        users, negatives = [], []
+        for epoch in range(5):
+            triplets.build_epoch(epoch)
+            for b in range(len(triplets)):
+                u, _, n = triplets[b]
+                users.append(u.numpy())
+                negatives.append(n.numpy())
+        users, negatives = np.concatenate(users), np.concatenate(negatives)
+        assert np.isin(negatives, cold).any() == expect_cold
+        assert not np.asarray(train[users, negatives]).any()  # never a training positive
+    with pytest.raises(ValueError, match="data.negative_items"):
+        BPRTriplets(train, batch_size=64, seed=1, negative_items="seen")
+
+
 @pytest.mark.parametrize(
     "override, key",
     [("graph.alpha=1.5", "graph.alpha"), ("graph.ks=0", "graph.ks"), ("model.d=0", "model.d"),
@@ -219,6 +248,72 @@ def test_trains_on_an_mmrec_format_folder(train_cfg, tmp_path):
     assert objs["datamodule"].item_features.dtype == torch.float32
     # the MMRec folder itself is left as it was (caches go to a hidden subfolder)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == before
+
+
+def test_mmrec_folder_serves_named_modalities_to_freedom(train_cfg, tmp_path):
+    folder = tmp_path / "mmrec_toy"
+    _write_mmrec_folder(folder)
+    rng = np.random.default_rng(1)
+    text, image = rng.normal(size=(40, 12)).astype(np.float32), rng.normal(size=(40, 24))
+    np.save(folder / "text_feat.npy", text)
+    np.save(folder / "image_feat.npy", image)  # float64: cast to float32
+    summary, objs = train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy",
+                                    "experiment=baseline_freedom", "trainer.max_epochs=1"))
+    dm, model = objs["datamodule"], objs["model"]
+    assert set(summary["test"]) == METRICS
+    assert set(dm._modalities) == {"text", "image"}  # only what FREEDOM declares
+    torch.testing.assert_close(dm._modalities["text"], torch.from_numpy(text))
+    torch.testing.assert_close(model.feature_projections["image"].in_features, 24)
+    assert not dm.has_item_graph  # model.item_graph=own: no refined graph built
+
+
+@pytest.mark.parametrize("model", ["freedom", "lattice", "lgmrec"])
+def test_mmrec_plus_gr_switch_trains_on_the_datamodules_refined_graph(train_cfg, tmp_path, model):
+    from mllmrec.graph import normalize_adjacency
+
+    folder = tmp_path / "mmrec_toy"
+    _write_mmrec_folder(folder)
+    rng = np.random.default_rng(2)
+    np.save(folder / "text_feat.npy", rng.normal(size=(40, 12)).astype(np.float32))
+    np.save(folder / "image_feat.npy", rng.normal(size=(40, 20)).astype(np.float32))
+    summary, objs = train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy",
+                                    f"experiment=baseline_{model}_gr", "trainer.max_epochs=2"))
+    dm, trained = objs["datamodule"], objs["model"]
+    assert set(summary["test"]) == METRICS and len(summary["history"]) == 2
+    assert dm.has_item_graph and trained.hparams["item_graph"] == "refined"
+    expected = normalize_adjacency(dm.item_graph).to_dense()
+    if model == "lattice":
+        got = torch.zeros_like(expected).index_put_((trained.frozen_rows_0, trained.frozen_cols_0),
+                                                    trained.frozen_values_0, accumulate=True)
+    else:
+        got = trained.item_item.to_dense()
+    torch.testing.assert_close(got, expected)
+
+
+def test_baseline_on_mmrecs_own_folder_needs_no_authors_feature_files(train_cfg, tmp_path):
+    folder = tmp_path / "mmrec_own"
+    _write_mmrec_folder(folder)
+    (folder / "image_text_feat.npy").unlink()  # MMRec's own folders hold only text/image features
+    (folder / "user_preferences_feat.npy").unlink()
+    rng = np.random.default_rng(3)
+    np.save(folder / "text_feat.npy", rng.normal(size=(40, 8)).astype(np.float32))
+    np.save(folder / "image_feat.npy", rng.normal(size=(40, 8)).astype(np.float32))
+    args = ("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy", "trainer.max_epochs=1")
+    summary, objs = train(train_cfg(*args, "experiment=baseline_freedom"))
+    assert set(summary["test"]) == METRICS and objs["datamodule"].data.item_features is None
+    with pytest.raises(ConfigError, match="dataset.item_features"):  # the refined graph is built from it
+        train(train_cfg(*args, "experiment=baseline_freedom_gr"))
+
+
+def test_mmrec_folder_without_image_file_names_the_file(train_cfg, tmp_path):
+    folder = tmp_path / "mmrec_toy"
+    _write_mmrec_folder(folder)
+    np.save(folder / "text_feat.npy", np.ones((40, 4), np.float32))
+    with pytest.raises(DatasetError, match=r"'image'.*image_feat.npy does not exist"):
+        train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy", "model=vbpr"))
+    with pytest.raises(DatasetError, match=r"dataset.modalities.image=image_feat.npy"):
+        train(train_cfg("dataset=mmrec", f"dataset.root={folder}", "dataset.name=toy", "model=vbpr",
+                        "dataset.modalities.image=null"))
 
 
 def test_mmrec_folder_missing_root_is_a_clear_error(train_cfg):

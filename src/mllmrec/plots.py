@@ -122,3 +122,28 @@ def curves(
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def grouped_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+) -> Path:
+    """Fig. 3: one group of bars per entry of ``groups`` (host models), one bar per series
+    (without / with GR), each bar labelled with its value; NaN bars are left out."""
+    fig = Figure(figsize=(1.4 * len(groups) + 2.5, 3.8))
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for k, (name, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=np.float64)
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name)
+        for bar, v in zip(bars, values):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.4f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, list(groups))
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend()
+    return save_figure(fig, path)

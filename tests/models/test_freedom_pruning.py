@@ -1,5 +1,6 @@
 """FREEDOM: degree-sensitive edge pruning keeps the documented fraction, favours low-degree edges, is
-seeded by (seed, epoch); the item-item graph is the kNN graph or, with refine_graph, the refined one."""
+seeded by (seed, epoch); the item-item graph is MMRec's image/text kNN mixture or, with
+item_graph=refined, the refined one; each modality has its own auxiliary BPR loss."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mllmrec.graph import normalize_adjacency, refined_item_graph, semantic_graph
+from mllmrec.graph import normalize_adjacency, refined_item_graph
 from mllmrec.models import FREEDOM, degree_sensitive_pruning
 from mllmrec.models.freedom import _epoch_generator, edge_keep_count
 from mllmrec.models.ui_graph import bipartite_edges
@@ -29,10 +30,15 @@ def interactions(n_users: int = 40, n_items: int = 25, seed: int = 0) -> sp.csr_
     return sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_users, n_items))
 
 
-def make_model(r: sp.csr_matrix, **kwargs) -> FREEDOM:
-    features = torch.randn(r.shape[1], 12, generator=torch.Generator().manual_seed(1))
-    graph = refined_item_graph(features, r, k_s=4, alpha=0.0, k_c=3)
-    return FREEDOM(item_features=features, item_graph=graph, train_interactions=r,
+def modalities(n_items: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"text": torch.randn(n_items, 12, generator=g), "image": torch.randn(n_items, 20, generator=g)}
+
+
+def make_model(r: sp.csr_matrix, refine: bool = False, **kwargs) -> FREEDOM:
+    feats = modalities(r.shape[1])
+    graph = refined_item_graph(feats["text"], r, k_s=4, alpha=0.0, k_c=3) if refine else "own"
+    return FREEDOM(item_modalities=feats, item_graph=graph, train_interactions=r,
                    n_users=r.shape[0], n_items=r.shape[1], d=8, knn_k=4, **kwargs)
 
 
@@ -88,28 +94,57 @@ def test_no_pruning_when_dropout_is_zero():
     assert model.prune(epoch=0) is model.full_graph
 
 
+def _dense_knn_normalised(features: torch.Tensor, k: int) -> torch.Tensor:
+    """MMRec's get_knn_adj_mat + compute_normalized_laplacian, densely (a small reference)."""
+    unit = features / features.norm(dim=-1, keepdim=True)
+    top = (unit @ unit.T).topk(k, dim=-1).indices
+    adj = torch.zeros(len(features), len(features)).scatter_(1, top, 1.0)
+    d = (adj.sum(1) + 1e-7).rsqrt()
+    return d[:, None] * adj * d[None, :]
+
+
 @pytest.mark.parametrize("refine", [False, True])
-def test_item_graph_is_knn_or_refined(refine):
+def test_item_graph_is_the_modality_mixture_or_refined(refine):
     r = interactions()
-    model = make_model(r, refine_graph=refine)
-    features = model.item_feature_table.detach()
+    model = make_model(r, refine=refine)
+    feats = modalities(r.shape[1])
     if refine:
-        expected = refined_item_graph(features, r, k_s=4, alpha=0.0, k_c=3)
-    else:
-        expected = semantic_graph(features, 4, alpha=-1.0)
-        assert expected._nnz() == r.shape[1] * 4  # plain kNN: every row keeps exactly K edges
-    torch.testing.assert_close(model.item_item.to_dense(), normalize_adjacency(expected).to_dense())
+        expected = normalize_adjacency(refined_item_graph(feats["text"], r, k_s=4, alpha=0.0, k_c=3)).to_dense()
+    else:  # MMRec: mm_adj = 0.1 * image_adj + 0.9 * text_adj
+        expected = 0.1 * _dense_knn_normalised(feats["image"], 4) + 0.9 * _dense_knn_normalised(feats["text"], 4)
+    torch.testing.assert_close(model.item_item.to_dense(), expected)
+    assert model.hparams["item_graph"] == ("refined" if refine else "own")
 
 
-def test_loss_uses_features_only_through_the_regulariser():
+def test_loss_adds_one_bpr_loss_per_modality_weighted_by_reg_weight():
     r = interactions()
     users, items = bipartite_edges(r)
-    for reg_weight, expect_grad in ((0.0, False), (1e-3, True)):
-        model = make_model(r, reg_weight=reg_weight)
-        model.loss(users[:16], items[:16], items.flip(0)[:16]).backward()
-        got = model.feature_projection.weight.grad
-        assert (got is not None and bool(got.abs().sum() > 0)) == expect_grad
-        assert model.item_embedding.weight.grad.abs().sum() > 0
+    u, pos, neg = users[:16], items[:16], items.flip(0)[:16]
+    base = make_model(r, reg_weight=0.0, dropout=0.0)
+    torch.manual_seed(0)
+    weighted = make_model(r, reg_weight=0.5, dropout=0.0)
+    weighted.load_state_dict(base.state_dict())
+    user_out, _ = base.propagated(base.full_graph)
+    e_u = user_out[u]
+    expected_aux = 0.0
+    for name in ("text", "image"):  # MMRec: reg_weight * (mf_t_loss + mf_v_loss)
+        proj = base.feature_projections[name]
+        f = base.feature_tables[name]
+        expected_aux += -torch.nn.functional.logsigmoid(
+            (e_u * proj(f[pos])).sum(-1) - (e_u * proj(f[neg])).sum(-1)).mean()
+    torch.testing.assert_close(weighted.loss(u, pos, neg), base.loss(u, pos, neg) + 0.5 * expected_aux)
+    weighted.loss(u, pos, neg).backward()
+    for name in ("text", "image"):
+        assert weighted.feature_projections[name].weight.grad.abs().sum() > 0
+        assert weighted.feature_tables[name].grad.abs().sum() > 0  # fine-tuned, as in MMRec
+
+
+def test_single_modality_uses_its_graph_alone():
+    r = interactions()
+    model = make_model(r, modalities=["text"])
+    expected = _dense_knn_normalised(modalities(r.shape[1])["text"], 4)
+    torch.testing.assert_close(model.item_item.to_dense(), expected)
+    assert set(model.feature_tables) == {"text"}
 
 
 def test_rejects_bad_dropout():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import pytest
 import torch
@@ -43,7 +45,7 @@ def _fit(model, batches, epochs=2):
 
 def test_train_loss_is_the_epochs_mean_over_triplets():
     torch.manual_seed(0)
-    model = RecordingBPR(n_users=12, n_items=9, d=4, lr=0.05)
+    model = RecordingBPR(n_users=12, n_items=9, d=4, optimizer=functools.partial(torch.optim.Adam, lr=0.05))
     trainer = _fit(model, _batches([7, 2, 5]))  # unequal batches: a plain mean of batch losses differs
     last = [(loss, n) for epoch, loss, n in model.seen if epoch == 1]
     assert len(last) == 3
@@ -62,7 +64,7 @@ def test_non_finite_loss_stops_training_with_the_epoch():
 
 
 def test_optimiser_is_adam_with_the_configured_settings():
-    model = BPR(n_users=5, n_items=4, d=3, lr=0.01, weight_decay=0.1)
+    model = BPR(n_users=5, n_items=4, d=3, optimizer=functools.partial(torch.optim.Adam, lr=0.01, weight_decay=0.1))
     optimiser = model.configure_optimizers()
     assert isinstance(optimiser, torch.optim.Adam)
     assert optimiser.defaults["lr"] == 0.01 and optimiser.defaults["weight_decay"] == 0.1

@@ -142,7 +142,9 @@ def test_sections_without_data_are_skipped_with_a_note(tmp_path):
     notes = {title: s.note for title, s in sections.items() if s.note}
     assert set(notes) == {"alpha x K_c (Fig. 4, test scores)", "Output dimension d (Fig. 5, test scores)",
                           "MLLM comparison (Table 4 layout)", "Ablations (Table 3 layout)",
-                          "Paired t-test over seeds (test Recall@20)", "Jobs without results"}
+                          "Paired t-test over seeds (test Recall@20)", "Jobs without results",
+                          "Model comparison (Table 2 layout, test scores)",
+                          "Plug-and-play refined graph (Fig. 3, test R@20)"}
     assert not list((sweep / "report").glob("*.png"))
     assert "_Skipped: model.d does not vary in this sweep_" in (sweep / "report" / "report.md").read_text()
     assert "2 | " in (sweep / "report" / "summary.md").read_text()  # one configuration, two seeds

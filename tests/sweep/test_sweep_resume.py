@@ -166,7 +166,10 @@ def test_a_finished_mmrec_job_reruns_when_a_feature_file_changes(tmp_path):
     changed = config_fingerprint(_cfg(tmp_path, *overrides))
     assert changed != base
     np.save(root / "user_preferences_feat.npy", np.ones((1, 4), dtype=np.float32))
-    assert config_fingerprint(_cfg(tmp_path, *overrides)) not in (base, changed)
+    with_user = config_fingerprint(_cfg(tmp_path, *overrides))
+    assert with_user not in (base, changed)
+    np.save(root / "image_feat.npy", np.ones((2, 3), dtype=np.float32))  # an item modality (VBPR, FREEDOM, ...)
+    assert config_fingerprint(_cfg(tmp_path, *overrides)) not in (base, changed, with_user)
 
 
 def test_the_resume_check_fingerprints_reasoning_outputs_without_torch(tmp_path):

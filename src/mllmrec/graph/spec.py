@@ -15,7 +15,11 @@ from mllmrec.errors import ConfigError
 from mllmrec.graph.ann import AnnParams, require_faiss
 from mllmrec.graph.checks import check_args
 
-__all__ = ["GraphSpec"]
+__all__ = ["GraphSpec", "ITEM_GRAPH_CHOICES"]
+
+#: ``model.item_graph`` of a model with its own item-item graph: that graph, or MLLMRec's refined
+#: graph ``S*`` built from these ``graph.*`` settings (the "+GR" variants of Figure 3)
+ITEM_GRAPH_CHOICES = ("own", "refined")
 
 
 #: config key -> the graph package's argument name (whose one rule, in :mod:`.checks`, applies)

@@ -1,7 +1,9 @@
-"""BPR-MF (Rendle et al., UAI 2009): user and item ID embeddings, dot-product score, BPR loss.
+"""BPR-MF (Rendle et al., UAI 2009) as MMRec implements it (``models/bpr.py``).
 
-The simplest baseline of Table 2 (Baby R@20 0.0575 in the paper). Hyper-parameters follow MMRec's
-``BPR.yaml``: embedding 64, Xavier initialisation, L2 weight searched in {1e-5 .. 2}.
+The simplest baseline of Table 2 (Baby R@20 0.0575 in the paper). As in MMRec: embedding 64,
+Xavier-*normal* initialisation, MMRec's ``BPRLoss`` and ``EmbLoss`` (un-squared norms over the batch,
+:func:`~mllmrec.models.mmrec_parts.emb_loss`) on the batch's user / positive / negative embeddings;
+``reg_weight`` searched in {1e-5 .. 2} (``conf/experiment/baseline_bpr.yaml``).
 """
 
 from __future__ import annotations
@@ -10,37 +12,22 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, require_at_least
+from mllmrec.models.mmrec_parts import emb_loss, mmrec_bpr_loss
 
-__all__ = ["BPR", "embedding_l2"]
-
-
-def embedding_l2(*embeddings: Tensor) -> Tensor:
-    r"""Batch L2 penalty on the embeddings a batch used (LightGCN's form).
-
-    .. math::
-        \Omega = \frac{1}{2B} \sum_{E} \lVert E \rVert_F^2
-
-    with ``B`` the batch size (rows of the first tensor). Penalising only the rows a batch touches,
-    rather than all parameters via weight decay, is how BPR, LightGCN and VBPR are usually trained.
-
-    Shapes:
-        - **input:** tensors ``[B, *]``
-        - **output:** ``[]``
-    """
-    if not embeddings:
-        raise ValueError("embedding_l2 needs at least one tensor")
-    batch = embeddings[0].shape[0]
-    return sum(e.pow(2).sum() for e in embeddings) / (2 * max(batch, 1))
+__all__ = ["BPR"]
 
 
 class BPR(Recommender):
-    """Matrix factorisation trained with BPR: ``y_ui = p_u · q_i``.
+    r"""Matrix factorisation trained with BPR: ``y_ui = p_u · q_i``.
+
+    .. math::
+        \mathcal L = \mathrm{BPR} + \lambda \frac{\lVert P_B \rVert + \lVert Q_{B^+} \rVert + \lVert Q_{B^-} \rVert}{B}
 
     Args:
         n_users, n_items: sizes of the two ID tables.
         d: embedding dimension.
-        reg_weight: weight of :func:`embedding_l2` on the batch's user/positive/negative embeddings.
+        reg_weight: ``λ``, the weight of MMRec's ``EmbLoss``.
 
     Shapes:
         :meth:`full_scores`: users ``[B]`` -> ``[B, I]``.
@@ -62,14 +49,15 @@ class BPR(Recommender):
         self.reg_weight = float(reg_weight)
         self.user_embedding = nn.Embedding(n_users, d)
         self.item_embedding = nn.Embedding(n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        # MMRec: self.apply(xavier_normal_initialization)
+        nn.init.xavier_normal_(self.user_embedding.weight)
+        nn.init.xavier_normal_(self.item_embedding.weight)
 
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
         p_u = self.user_embedding(users)
         q_pos, q_neg = self.item_embedding(positives), self.item_embedding(negatives)
-        ranking = bpr_loss((p_u * q_pos).sum(-1), (p_u * q_neg).sum(-1))
-        return ranking + self.reg_weight * embedding_l2(p_u, q_pos, q_neg)
+        ranking = mmrec_bpr_loss((p_u * q_pos).sum(-1), (p_u * q_neg).sum(-1))
+        return ranking + self.reg_weight * emb_loss(p_u, q_pos, q_neg)
 
     def full_scores(self, users: Tensor) -> Tensor:
         return self.user_embedding(users) @ self.item_embedding.weight.T

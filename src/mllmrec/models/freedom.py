@@ -1,42 +1,41 @@
-"""FREEDOM (Zhou & Shen, ACM MM 2023): a frozen item-item kNN graph + a denoised user-item graph.
+"""FREEDOM (Zhou & Shen, ACM MM 2023) as MMRec implements it (``models/freedom.py``).
 
-Table 2 baseline (Baby R@20 0.0992 in the paper) and the host of the plug-and-play experiment
-(Figure 3, RQ4): with ``refine_graph=True`` its item-item graph is replaced by MLLMRec's refined graph
-``S*`` (the datamodule's ``item_graph``, built by :mod:`mllmrec.graph`), the "FREEDOM+GR" variant.
+Table 2 baseline (Baby R@20 0.0992 in the paper) and a host of the plug-and-play experiment
+(Figure 3, RQ4): with ``item_graph=refined`` its frozen item-item graph is replaced by MLLMRec's
+refined graph ``S*`` (the datamodule's ``item_graph``, built by :mod:`mllmrec.graph`), "FREEDOM+GR".
 
-What the model does, following the paper and its public reference implementation in MMRec:
-
-* **Frozen item-item graph.** ``S`` = top-``K`` cosine neighbours of every item's content features
-  (self included, values 1), normalised as ``D^-1/2 S D^-1/2``; built once, never updated. Item ID
-  embeddings are propagated on it: ``h_i = (Ŝ^{L_mm} Q)_i``.
-* **Degree-sensitive edge pruning.** Before every training epoch a fraction ``1 - dropout`` of the
-  training interactions is sampled without replacement, edge ``(u, i)`` with probability proportional
-  to ``1 / sqrt(d_u d_i)`` (edges between popular nodes are the likeliest noise); the kept subgraph is
-  renormalised on its own degrees. Evaluation uses the full graph.
+* **Frozen item-item graph.** Per modality, ``S_m`` = top-``K`` cosine neighbours of every item
+  (self included, values 1), normalised as ``D^-1/2 S_m D^-1/2`` (every value ``1/K``); the graphs of
+  the image and text modalities are mixed, ``S = w S_image + (1 - w) S_text`` with ``w =
+  mm_image_weight = 0.1``. Built once from the raw features, never updated. Item ID embeddings are
+  propagated on it: ``h_i = (S^{L_mm} Q)_i``.
+* **Degree-sensitive edge pruning.** Before every training epoch ``floor(E (1 - dropout))`` training
+  interactions are sampled without replacement, edge ``(u, i)`` with probability proportional to
+  ``1 / sqrt(d_u d_i)``; the kept subgraph is renormalised on its own degrees. Evaluation uses the
+  full graph.
 * **LightGCN** on that graph (``L_ui`` layers, layer mean) over user and item ID embeddings; the item
   output is added to ``h_i``.
-* **Loss**: BPR on the graph representations plus ``reg_weight`` x a BPR loss between the user
-  representation and the linearly projected item features (features fine-tuned, as in the
-  reference implementation).
+* **Loss**: BPR on the graph representations plus ``reg_weight`` x (one BPR loss per modality between
+  the user representation and the linearly projected, fine-tuned item features of that modality).
 
-Differences (documented, deliberate): one content modality (the item description embeddings this
-project serves; with an MLLM they include the image description) instead of separate image and text
-features, so there is one kNN graph and no image/text mixing weight; the edge sample is seeded by
-``(seed, epoch)``.
+Differences from MMRec (deliberate): the edge sample is seeded by ``(seed, epoch)`` (MMRec draws from
+the global RNG), so a resumed run sees the same graphs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from mllmrec.graph import SparseOperator, normalize_adjacency, propagate, semantic_graph
+from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.mmrec_parts import check_item_graph_choice, normalized_knn_graph, require_modalities
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["FREEDOM", "degree_sensitive_pruning", "edge_keep_count"]
@@ -97,60 +96,74 @@ class FREEDOM(Recommender):
         [E_U; E_I] = \frac{1}{L_{ui}+1}\sum_{l=0}^{L_{ui}} \hat A_t^{\,l} [P; Q], \qquad
         y_{ui} = e_u \cdot (e_i + h_i)
 
-    ``Â_t`` is the pruned graph of epoch ``t`` in training and the full graph in evaluation.
+    ``Â_t`` is the pruned graph of epoch ``t`` in training and the full graph in evaluation;
+    ``Ŝ = w Ŝ_image + (1 - w) Ŝ_text`` (one modality: its graph alone), or ``normalize(S*)``.
 
     Args:
-        item_features: content features ``E_I`` [I, d_t] (kNN graph + auxiliary loss).
-        item_graph: the refined graph ``S*`` [I, I] (sparse); used only when ``refine_graph``.
+        item_modalities: ``{name: [I, d_name]}``: kNN graphs and the auxiliary losses.
+        item_graph: the refined graph ``S*`` [I, I] (sparse) when ``item_graph="refined"``, else None.
         train_interactions: training split ``R`` (scipy sparse ``[U, I]``).
         n_users, n_items: sizes.
-        d: embedding size (FREEDOM's ``embedding_size`` = ``feat_embed_dim`` = 64).
-        knn_k: ``K`` of the frozen kNN graph (10).
+        d: embedding size (MMRec's ``embedding_size`` = ``feat_embed_dim`` = 64).
+        knn_k: ``K`` of the frozen kNN graphs (10).
         mm_layers: propagation depth on the item-item graph (1).
         ui_layers: LightGCN depth on the user-item graph (2).
-        dropout: fraction of user-item edges pruned each epoch ({0.8, 0.9} in the paper; 0 = off).
-        reg_weight: weight of the feature BPR loss ({0, 1e-5, 1e-4, 1e-3} in the paper).
-        refine_graph: use ``item_graph`` (MLLMRec's refined graph) instead of the kNN graph.
+        dropout: fraction of user-item edges pruned each epoch ({0.8, 0.9}; 0 = off).
+        reg_weight: weight of the modality BPR losses ({0, 1e-5, 1e-4, 1e-3}).
+        mm_image_weight: ``w``, the image graph's share of the mixture (0.1).
+        modalities: the modalities to read (default :attr:`modalities`: image and text).
         seed: seeds the per-epoch edge sample together with the epoch number.
     """
 
+    #: the item modalities FREEDOM reads (MMRec: ``v_feat``, ``t_feat``)
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+
     def __init__(
         self,
-        item_features: Tensor,
-        item_graph: Tensor,
+        item_modalities: Mapping[str, Tensor],
         train_interactions: sp.spmatrix,
         n_users: int,
         n_items: int,
+        item_graph: Tensor | str | None = "own",
         d: int = 64,
         knn_k: int = 10,
         mm_layers: int = 1,
         ui_layers: int = 2,
         dropout: float = 0.8,
         reg_weight: float = 1e-4,
-        refine_graph: bool = False,
+        mm_image_weight: float = 0.1,
+        modalities: Sequence[str] | None = None,
         seed: int = 999,
         optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__(optimizer=optimizer, ks=ks)
         require_at_least("model.d", d, 1)
+        require_at_least("model.knn_k", knn_k, 1)
         require_at_least("model.mm_layers", mm_layers, 0)
         require_at_least("model.ui_layers", ui_layers, 0)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
-        if tuple(train_interactions.shape) != (n_users, n_items) or item_features.shape[0] != n_items:
-            raise ValueError(
-                f"train_interactions {train_interactions.shape} and item_features "
-                f"{tuple(item_features.shape)} do not match n_users={n_users}, n_items={n_items}"
-            )
-        self.save_hyperparameters(ignore=["item_features", "item_graph", "train_interactions", "optimizer"])
+        if not 0.0 <= mm_image_weight <= 1.0:
+            raise ValueError(f"model.mm_image_weight must be in [0, 1], got {mm_image_weight}")
+        if tuple(train_interactions.shape) != (n_users, n_items):
+            raise ValueError(f"train_interactions {train_interactions.shape} does not match "
+                             f"n_users={n_users}, n_items={n_items}")
+        refined = item_graph if isinstance(item_graph, Tensor) else None
+        check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, "FREEDOM")
+        names = tuple(modalities or type(self).modalities)
+        feats = require_modalities(item_modalities, names, "FREEDOM", n_items)
+        self.save_hyperparameters(ignore=["item_modalities", "item_graph", "train_interactions", "optimizer"])
+        self.hparams["item_graph"] = "refined" if refined is not None else "own"
         self.n_users, self.n_items = n_users, n_items
         self.mm_layers, self.ui_layers = mm_layers, ui_layers
         self.dropout, self.reg_weight, self.seed = float(dropout), float(reg_weight), int(seed)
 
-        features = item_features.float()
-        graph = item_graph if refine_graph else semantic_graph(features, knn_k, alpha=-1.0)
-        self.item_item = SparseOperator(normalize_adjacency(graph.float().cpu()))
+        if refined is not None:
+            graph = normalize_adjacency(refined.float().cpu())
+        else:
+            graph = self.modality_graph(feats, knn_k, mm_image_weight)
+        self.item_item = SparseOperator(graph)
 
         users, items = bipartite_edges(train_interactions)
         self.register_buffer("edge_users", users, persistent=False)
@@ -162,11 +175,25 @@ class FREEDOM(Recommender):
         self.item_embedding = nn.Embedding(n_items, d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        # the reference implementation fine-tunes the features (Embedding.from_pretrained(freeze=False))
-        self.item_feature_table = nn.Parameter(features.clone())
-        self.feature_projection = nn.Linear(features.shape[1], d)
+        # MMRec fine-tunes the features (Embedding.from_pretrained(freeze=False)); its projections keep
+        # torch's default Linear initialisation
+        self.feature_tables = nn.ParameterDict({name: nn.Parameter(f.clone()) for name, f in feats.items()})
+        self.feature_projections = nn.ModuleDict({name: nn.Linear(f.shape[1], d) for name, f in feats.items()})
         self._eval_users: Tensor | None = None
         self._eval_items: Tensor | None = None
+
+    @staticmethod
+    def modality_graph(feats: Mapping[str, Tensor], knn_k: int, image_weight: float) -> Tensor:
+        """``w Ŝ_image + (1 - w) Ŝ_text`` (MMRec's ``mm_adj``); one modality: its ``Ŝ`` alone.
+
+        Shapes: features ``[I, d_m]`` each -> sparse COO ``[I, I]``.
+        """
+        graphs = {name: normalized_knn_graph(f, knn_k) for name, f in feats.items()}
+        if set(graphs) == {"image", "text"}:
+            return (image_weight * graphs["image"] + (1.0 - image_weight) * graphs["text"]).coalesce()
+        if len(graphs) == 1:
+            return next(iter(graphs.values()))
+        raise ValueError(f"FREEDOM mixes an image and a text graph; got modalities {sorted(graphs)}")
 
     # ------------------------------------------------------------------ graphs
     def prune(self, epoch: int) -> SparseOperator:
@@ -201,9 +228,12 @@ class FREEDOM(Recommender):
         ranking = bpr_loss((e_u * item_out[positives]).sum(-1), (e_u * item_out[negatives]).sum(-1))
         if self.reg_weight == 0.0:
             return ranking
-        f_pos = self.feature_projection(self.item_feature_table[positives])
-        f_neg = self.feature_projection(self.item_feature_table[negatives])
-        return ranking + self.reg_weight * bpr_loss((e_u * f_pos).sum(-1), (e_u * f_neg).sum(-1))
+        modality_losses = []
+        for name, table in self.feature_tables.items():  # MMRec: mf_t_loss + mf_v_loss
+            project = self.feature_projections[name]
+            f_pos, f_neg = project(table[positives]), project(table[negatives])
+            modality_losses.append(bpr_loss((e_u * f_pos).sum(-1), (e_u * f_neg).sum(-1)))
+        return ranking + self.reg_weight * sum(modality_losses)
 
     def prepare_eval(self) -> None:
         self._eval_users, self._eval_items = self.propagated(self.full_graph)

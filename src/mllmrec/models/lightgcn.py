@@ -1,8 +1,9 @@
 """LightGCN (He et al., SIGIR 2020): ID embeddings propagated on the user-item graph, layer mean.
 
-Table 2 baseline (Baby R@20 0.0754 in the paper). Settings as in the LightGCN paper and MMRec's
-``LightGCN.yaml``: embedding 64, 3 layers, Xavier initialisation, L2 weight 1e-4 on the batch's
-ego (layer-0) embeddings.
+Table 2 baseline (Baby R@20 0.0754 in the paper), as MMRec implements it (``models/lightgcn.py``):
+embedding 64, Xavier-uniform initialisation, MMRec's ``BPRLoss`` on the propagated embeddings and its
+``EmbLoss`` (un-squared norms over the batch) on the batch's ego (layer-0) embeddings. MMRec's grid:
+``layers`` in {1, 2, 3, 4}, ``reg_weight`` in {1e-2 .. 1e-6} (``conf/experiment/baseline_lightgcn.yaml``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
-from mllmrec.models.bpr import embedding_l2
+from mllmrec.models.base import OptimizerFactory, Recommender, require_at_least
+from mllmrec.models.mmrec_parts import emb_loss, mmrec_bpr_loss
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["LightGCN"]
@@ -36,7 +37,7 @@ class LightGCN(Recommender):
         train_interactions: training split ``R`` (scipy sparse ``[U, I]``).
         n_users, n_items: sizes (must match ``R``).
         d: embedding dimension. layers: ``L``.
-        reg_weight: weight of :func:`~mllmrec.models.bpr.embedding_l2` on the batch's ego embeddings.
+        reg_weight: weight of :func:`~mllmrec.models.mmrec_parts.emb_loss` on the batch's ego embeddings.
     """
 
     def __init__(
@@ -77,8 +78,8 @@ class LightGCN(Recommender):
     def loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
         user_out, item_out = self.propagated()
         e_u = user_out[users]
-        ranking = bpr_loss((e_u * item_out[positives]).sum(-1), (e_u * item_out[negatives]).sum(-1))
-        ego = embedding_l2(
+        ranking = mmrec_bpr_loss((e_u * item_out[positives]).sum(-1), (e_u * item_out[negatives]).sum(-1))
+        ego = emb_loss(
             self.user_embedding(users), self.item_embedding(positives), self.item_embedding(negatives)
         )
         return ranking + self.reg_weight * ego

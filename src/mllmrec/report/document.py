@@ -23,12 +23,15 @@ from mllmrec.report.tables import (
     _key_text,
     alpha_kc_grid,
     best_by_validation,
+    gr_comparison,
+    improvement_over_best_baseline,
     layout_table,
     load_jobs,
     paired_ttest,
     reference_variant,
     selected_table,
     summarize,
+    table2,
 )
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,40 @@ def _mllm_section(summary: pd.DataFrame, out: Path) -> Section:
                         "mean **validation** Recall@20 on each dataset (the `config` column):\n\n"
                         + markdown_table(table, index=True))
     section.files.append(_write(out / "mllm_table.md", section.markdown + "\n"))
+def _table2_section(jobs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> Section:
+    section = Section("Model comparison (Table 2 layout, test scores)")
+    values, marked = table2(summary)
+    if len(values) < 2:
+        section.note = "fewer than two models (variants without +GR) in this sweep"
+        return section
+    flat = marked.copy()
+    flat.columns = [f"{dataset} {metric}" for dataset, metric in marked.columns]
+    parts = ["Configuration chosen by validation R@20 per cell; **best**, _second best_ per column.\n\n"
+             + markdown_table(flat, index=True)]
+    improvement = improvement_over_best_baseline(jobs)
+    if not improvement.empty:
+        parts.append("Improvement of the full model over the best baseline (chosen by validation R@20), "
+                     "paired t-test over seeds of test R@20:\n\n" + markdown_table(improvement))
+    section.markdown = "\n\n".join(parts)
+    section.files.append(_write(out / "table2.md", section.markdown + "\n"))
+    return section
+
+
+def _gr_section(summary: pd.DataFrame, out: Path) -> Section:
+    from mllmrec import plots
+
+    section = Section("Plug-and-play refined graph (Fig. 3, test R@20)")
+    data = gr_comparison(summary)
+    if data.empty:
+        section.note = "no <model>+GR variant in this sweep"
+        return section
+    for dataset, frame in data.groupby(DATASET, sort=True):
+        section.files.append(plots.grouped_bars(
+            list(frame["host"]), {"without GR": list(frame["without"]), "with GR": list(frame["with"])},
+            out / f"fig3_{dataset}.png", f"{dataset}: test recall@20", "recall@20"))
+    section.files.append(_write(out / "fig3.csv", data.to_csv(index=False)))
+    section.markdown = markdown_table(data) + "\n\n" + "\n".join(
+        f"![{p.stem}]({p.name})" for p in section.files if p.suffix == ".png")
     return section
 
 
@@ -211,6 +248,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             _mllm_section(summary, out),
             _layout_section(summary, out, VARIANT, "Ablations (Table 3 layout)", "ablation_table"),
             _ttest_section(jobs, out, ttest),
+            _table2_section(jobs, summary, out),
+            _gr_section(summary, out),
         ]
     failed = Section("Jobs without results")
     if unfinished.empty:

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
-    "layout_table", "selected_table", "reference_variant", "paired_ttest",
+    "layout_table", "selected_table", "reference_variant", "paired_ttest", "GR_SUFFIX", "table2",
+    "improvement_over_best_baseline", "gr_comparison",
 ]
 
 SPLITS = ("valid", "test")
@@ -27,6 +28,8 @@ DATASET, MLLM, VARIANT, ALPHA, KC, D, SEED = (
     "dataset.name", "mllm.name", "variant", "graph.alpha", "graph.kc", "model.d", "seed")
 # the full model's variant names (conf/train.yaml's default; conf/experiment/ablation_full.yaml)
 REFERENCE_VARIANTS = ("MLLMRec", "full")
+#: the variant-name suffix of a host model run with MLLMRec's refined graph (conf/experiment/*_gr.yaml)
+GR_SUFFIX = "+GR"
 # keys that describe where things went, not what was run: never part of a configuration's identity
 _NOT_CONFIG = ("paths.", "logger.", "callbacks.", "hydra.", "tags", "task_name", "ckpt_path",
                "skip_finished", "dataset.root", "trainer.default_root_dir")
@@ -269,3 +272,81 @@ def alpha_kc_grid(summary: pd.DataFrame, metric: str = "recall@20") -> tuple[lis
     for _, r in best.iterrows():
         grid[alphas.index(r[ALPHA]), kcs.index(r[KC])] = r[f"test_{metric}_mean"]
     return alphas, kcs, grid
+
+
+# --------------------------------------------------------------------------- Table 2 and Fig. 3
+def _best_per_variant(summary: pd.DataFrame, select: str = "recall@20") -> pd.DataFrame:
+    """Per (variant, dataset), the configuration with the best mean validation ``select``."""
+    return best_by_validation(summary, [VARIANT, DATASET], select)
+
+
+def table2(summary: pd.DataFrame, select: str = "recall@20") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2's layout: rows = models (variants without ``+GR``), columns = (dataset, metric) for
+    R@10, R@20, N@10, N@20; each cell the mean test score of the configuration chosen by validation.
+
+    Returns ``(values, marked)``: the float means, and the same as text with the best of each column in
+    ``**bold**`` and the second best ``_underlined_`` (the paper's marks).
+    """
+    best = _best_per_variant(summary, select)
+    best = best[~best[VARIANT].astype(str).str.endswith(GR_SUFFIX)]
+    datasets = sorted(best[DATASET].astype(str).unique())
+    variants = list(dict.fromkeys(best[VARIANT].astype(str)))
+    columns = pd.MultiIndex.from_product([datasets, list(METRICS)], names=[DATASET, "metric"])
+    values = pd.DataFrame(np.nan, index=pd.Index(variants, name=VARIANT), columns=columns)
+    for _, r in best.iterrows():
+        for metric in METRICS:
+            values.loc[str(r[VARIANT]), (str(r[DATASET]), metric)] = r[f"test_{metric}_mean"]
+    marked = values.map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
+    for column in values.columns:
+        order = values[column].dropna().sort_values(ascending=False, kind="stable").index
+        if len(order) > 0:
+            marked.loc[order[0], column] = f"**{values.loc[order[0], column]:.4f}**"
+        if len(order) > 1:
+            marked.loc[order[1], column] = f"_{values.loc[order[1], column]:.4f}_"
+    return values, marked
+
+
+def improvement_over_best_baseline(jobs: pd.DataFrame, reference: str | None = None,
+                                   select: str = "recall@20") -> pd.DataFrame:
+    """Per dataset: the best baseline (the non-reference, non-``+GR`` variant with the best *validation*
+    ``select``), the reference model's relative test improvement over it per metric, and the paired
+    t-test over seeds of test ``select`` (:func:`paired_ttest`, both chosen on validation)."""
+    summary = summarize(jobs)
+    best = _best_per_variant(summary, select)
+    variants = list(dict.fromkeys(best[VARIANT].astype(str)))
+    reference = reference or reference_variant(variants)
+    rows = []
+    for dataset, frame in best.groupby(DATASET, sort=True):
+        ours = frame[frame[VARIANT] == reference]
+        others = frame[(frame[VARIANT] != reference) & ~frame[VARIANT].astype(str).str.endswith(GR_SUFFIX)]
+        if ours.empty or others.empty:
+            continue
+        baseline = others.sort_values(f"valid_{select}_mean", ascending=False, kind="stable").iloc[0]
+        row = {DATASET: dataset, "model": reference, "best baseline": baseline[VARIANT]}
+        for metric in METRICS:
+            a, b = float(ours.iloc[0][f"test_{metric}_mean"]), float(baseline[f"test_{metric}_mean"])
+            row[f"improv. {metric}"] = (a - b) / b if b else np.nan
+        test = paired_ttest(jobs[jobs[DATASET].astype(str) == str(dataset)], reference, str(baseline[VARIANT]),
+                            metric=f"test_{select}", select=select)
+        row["pairs"] = int(test["pairs"].iloc[0]) if not test.empty else 0
+        row["t"] = float(test["t"].iloc[0]) if not test.empty else np.nan
+        row["p"] = float(test["p"].iloc[0]) if not test.empty else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gr_comparison(summary: pd.DataFrame, metric: str = "recall@20") -> pd.DataFrame:
+    """Fig. 3's data: per dataset and host model with a ``<host>+GR`` variant, the mean test ``metric``
+    without and with the refined graph, each configuration chosen by validation ``metric``.
+
+    Columns: dataset, host, without, with (NaN where the host's plain run is missing).
+    """
+    best = _best_per_variant(summary, metric)
+    score = {(str(r[DATASET]), str(r[VARIANT])): float(r[f"test_{metric}_mean"]) for _, r in best.iterrows()}
+    rows = []
+    for (dataset, variant), value in sorted(score.items()):
+        if variant.endswith(GR_SUFFIX):
+            host = variant[: -len(GR_SUFFIX)]
+            rows.append({DATASET: dataset, "host": host, "without": score.get((dataset, host), np.nan),
+                         "with": value})
+    return pd.DataFrame(rows, columns=[DATASET, "host", "without", "with"])

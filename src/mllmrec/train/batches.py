@@ -32,19 +32,24 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def sample_negatives(
-    users: np.ndarray, n_items: int, positive_keys: np.ndarray, rng: np.random.Generator
+    users: np.ndarray, n_items: int, positive_keys: np.ndarray, rng: np.random.Generator,
+    candidates: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One item per user drawn uniformly from the items the user has NOT interacted with.
+    """One item per user drawn uniformly from the items the user has NOT interacted with (among
+    ``candidates`` when given, e.g. MMRec's "items seen in training"; else among all items).
 
     Rejection sampling, vectorised: draw for everyone, redraw only the rows that hit a positive
     (``positive_keys`` = sorted ``user * n_items + item`` of the training pairs).
 
     Shapes: users [B] -> negatives [B].
     """
-    negatives = rng.integers(n_items, size=len(users))
+    def draw(size: int) -> np.ndarray:
+        return rng.integers(n_items, size=size) if candidates is None else candidates[rng.integers(len(candidates), size=size)]
+
+    negatives = draw(len(users))
     todo = np.flatnonzero(_contains(positive_keys, users * n_items + negatives))
     while len(todo):
-        negatives[todo] = rng.integers(n_items, size=len(todo))
+        negatives[todo] = draw(len(todo))
         todo = todo[_contains(positive_keys, users[todo] * n_items + negatives[todo])]
     return negatives
 
@@ -58,15 +63,22 @@ class BPRTriplets(Dataset):
     resumed run sees exactly the batches an uninterrupted one saw.
     """
 
-    def __init__(self, train: sp.csr_matrix, batch_size: int, seed: int) -> None:
+    def __init__(self, train: sp.csr_matrix, batch_size: int, seed: int, negative_items: str = "all") -> None:
+        """``negative_items``: ``all`` (every item) or ``train`` (only items with a training
+        interaction, MMRec's ``TrainDataLoader``; differs only when some item has none)."""
+        if negative_items not in ("all", "train"):
+            raise ValueError(f"data.negative_items must be 'all' or 'train', got {negative_items!r}")
         self.n_items = train.shape[1]
+        self.candidates = (np.flatnonzero(np.asarray(train.getnnz(axis=0)) > 0).astype(np.int64)
+                           if negative_items == "train" else None)
         self.users = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(train.indptr))
         self.items = train.indices.astype(np.int64)
         self.positive_keys = _pair_keys(train)
         degree = np.diff(train.indptr)
-        if (degree >= self.n_items).any():
+        pool = self.n_items if self.candidates is None else len(self.candidates)
+        if (degree >= pool).any():
             raise DatasetError(
-                f"{int((degree >= self.n_items).sum())} users interacted with every item: no negative "
+                f"{int((degree >= pool).sum())} users interacted with every item: no negative "
                 "exists for them. Remove them from the dataset."
             )
         self.batch_size = batch_size
@@ -85,7 +97,7 @@ class BPRTriplets(Dataset):
         # same distribution (one independent uniform non-positive per row), but the positive-pair
         # lookups then walk the sorted keys in order instead of at random (~3x faster, ~17 ms of a
         # Baby epoch)
-        negatives = sample_negatives(self.users, self.n_items, self.positive_keys, rng)
+        negatives = sample_negatives(self.users, self.n_items, self.positive_keys, rng, self.candidates)
         arrays = (self.users[order], self.items[order], negatives[order])
         self.epoch_arrays = tuple(torch.from_numpy(a) for a in arrays)
         self.built_epoch = epoch

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mllmrec.data.errors import did_you_mean
 from mllmrec.errors import ConfigError
 
-__all__ = ["ConfigError", "build_spec", "check_added_keys", "check_constructor_keys", "validate_train_config"]
+__all__ = ["ConfigError", "build_spec", "unread_feature_keys", "check_added_keys", "check_constructor_keys", "validate_train_config"]
 
 
 #: config nodes whose keys are passed on as free-form arguments (``+mllm.vllm.swap_space=4`` is fine
@@ -135,6 +135,25 @@ def check_added_keys(cfg: DictConfig, added: Iterable[str] | None = None) -> Non
                           f"{did_you_mean(name, known)}. Set an existing key without '+'.")
 
 
+def unread_feature_keys(cfg: DictConfig) -> list[str]:
+    """The MMRec-folder feature keys (``dataset.item_features`` / ``dataset.user_features``) the model
+    does not read: a baseline on MMRec's own folder needs neither the authors' ``image_text_feat.npy``
+    (the ``mllm`` modality, also what the refined graph is built from) nor their user features."""
+    if cfg.dataset.get("format") != "mmrec":
+        return []
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    params = inspect.signature(model_class.__init__).parameters
+    unread = []
+    modalities = (cfg.model.get("modalities") or getattr(model_class, "modalities", ())) \
+        if "item_modalities" in params else ()
+    graph_used = "item_graph" in params and cfg.model.get("item_graph", "refined") == "refined"
+    if "item_features" not in params and not graph_used and "mllm" not in modalities:
+        unread.append("item_features")
+    if "user_features" not in params:
+        unread.append("user_features")
+    return unread
+
+
 def _check_accelerator(accelerator: Any) -> None:
     if accelerator in ("gpu", "cuda"):
         import torch
@@ -178,6 +197,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     if "d" in cfg.model:
         _require(_is_int(cfg.model.d) and cfg.model.d >= 1, "model.d", cfg.model.d,
                  "the output dimension must be an integer >= 1")
+    if "item_graph" in cfg.model:  # the +GR switch of models with their own item-item graph
+        from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
+
+        _require(cfg.model.item_graph in ITEM_GRAPH_CHOICES, "model.item_graph", cfg.model.item_graph,
+                 f"must be one of {ITEM_GRAPH_CHOICES} (refined = MLLMRec's refined graph, built from graph.*)")
     if cfg.model.get("hidden_dim") is not None:
         _require(_is_int(cfg.model.hidden_dim) and cfg.model.hidden_dim >= 1, "model.hidden_dim",
                  cfg.model.hidden_dim, "must be an integer >= 1 or null")
@@ -192,8 +216,9 @@ def validate_train_config(cfg: DictConfig) -> None:
         root = Path(ds.root)
         _require(root.is_dir(), "dataset.root", ds.root,
                  "folder does not exist; point it at the folder holding <name>.inter")
+        unread = unread_feature_keys(cfg)
         for key in ("item_features", "user_features"):
-            if ds.get(key):
+            if ds.get(key) and key not in unread:
                 _require((root / ds[key]).is_file(), f"dataset.{key}", ds[key],
                          f"no such file in {root}; set the file name or null")
         _require((root / f"{ds.name}.inter").is_file(), "dataset.name", ds.name,

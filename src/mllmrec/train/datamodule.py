@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader
 from mllmrec.data import DatasetError, DatasetLayout, InteractionData, history_text, read_items
 from mllmrec.data.checks import check_feature_rows, check_loaded_dataset, check_texts
 from mllmrec.data.cold_start import ColdStartSplit, hold_out_cold_items
+from mllmrec.data.modalities import MLLM_MODALITY, check_modalities, modality_files
 from mllmrec.data.open import check_dataset, open_dataset
+from mllmrec.data.validation import load_feature_matrix
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.errors import ConfigError
 from mllmrec.graph import GraphBuildStatistics, GraphSpec, build_refined_item_graph
@@ -92,6 +94,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         cold_start_items: float = 0.0,
         cold_start_seed: int = 999,
+        negative_items: str = "all",
     ) -> None:
         super().__init__()
         if item_text_source not in ITEM_TEXT_SOURCES:
@@ -115,6 +118,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.cold_start_items = float(cold_start_items)
         self.cold_start_seed = int(cold_start_seed)
         self.cold_split: ColdStartSplit | None = None  # set by setup() when cold_start_items > 0
+        self.negative_items = negative_items  # all | train (MMRec: only items seen in training)
         self.data: InteractionData | None = None
         self._texts: tuple[list[str], list[str]] | None = None
         self._item_features: torch.Tensor | None = None
@@ -123,6 +127,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self._item_graph: torch.Tensor | None = None
         self.graph_statistics: GraphBuildStatistics | None = None  # set with the graph
         self._origins: dict[str, str] = {}  # item/user feature sources, as messages name them
+        self._modalities: dict[str, torch.Tensor] = {}  # item modalities loaded so far, by name
 
     # ----------------------------------------------------------------- loading
     @property
@@ -216,7 +221,7 @@ class MLLMRecDataModule(L.LightningDataModule):
             data = self.cold_split.data
             log.info("%s", data.summary())
         self.data = data
-        self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed)
+        self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed, self.negative_items)
         self.train_sampler = EpochSampler(self.triplets)
 
     # ----------------------------------------------------------------- model inputs, on demand
@@ -309,6 +314,35 @@ class MLLMRecDataModule(L.LightningDataModule):
             )
             self._item_graph, self.graph_statistics = built.graph, built.statistics
         return self._item_graph
+
+    # ----------------------------------------------------------------- item modalities (issue 17)
+    # Kept in one block: named per-modality item features, loaded only when a model asks for them.
+    def check_modalities(self, names: tuple[str, ...], model: str) -> None:
+        """Start-up check (files only) that every modality in ``names`` can be served."""
+        check_modalities(self.dataset_cfg, names, model)
+
+    def item_modalities(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """``{name: [I, d_name] float32}`` for ``names``, each loaded (or encoded) once.
+
+        ``mllm`` is :attr:`item_features` (MLLMRec's ``E_I``); a processed dataset's ``text`` is its
+        encoded item text (``items.parquet``'s ``text`` column, whatever the mllm); every other
+        modality is the file ``dataset.modalities.<name>`` maps it to.
+        """
+        data = self._require_setup()
+        for name in names:
+            if name in self._modalities:
+                continue
+            if name == MLLM_MODALITY and not (self.is_mmrec and name in (self.dataset_cfg.get("modalities") or {})):
+                self._modalities[name] = self.item_features
+            elif name == "text" and not self.is_mmrec and name not in modality_files(self.dataset_cfg):
+                texts = read_items(self.layout.root, data.n_items)["text"].fillna("").astype(str).tolist()
+                self._modalities[name] = torch.from_numpy(
+                    cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", "item_text"))
+            else:
+                self.check_modalities((name,), "this model")
+                path = modality_files(self.dataset_cfg)[name]
+                self._modalities[name] = torch.from_numpy(load_feature_matrix(path, data.n_items, f"item {name}"))
+        return {name: self._modalities[name] for name in names}
 
     # ----------------------------------------------------------------- evaluation targets
     def eval_target(self, split: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:

@@ -16,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.cache import atomic_write_json
 from mllmrec.errors import ConfigError
+from mllmrec.graph.spec import ITEM_GRAPH_CHOICES
 from mllmrec.metrics import evaluate_full_ranking
 from mllmrec.reasoning.stage import reasoning_for_training
 from mllmrec.secrets import redact_container
 from mllmrec.train.callbacks import log_results
 from mllmrec.train.checkpointing import auto_resume_checkpoint, record_run_fingerprint
-from mllmrec.train.checks import build_spec, validate_train_config
+from mllmrec.train.checks import build_spec, unread_feature_keys, validate_train_config
 from mllmrec.train.extras import quiet_lightning
 from mllmrec.train.fingerprint import config_fingerprint
 from mllmrec.train.loggers import prepare_wandb_logger
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
-__all__ = ["train", "build_datamodule", "model_inputs", "popularity_metrics", "cold_start_metrics",
+__all__ = ["train", "build_datamodule", "declared_modalities", "model_inputs", "popularity_metrics", "cold_start_metrics",
            "cold_start_summary", "best_validation", "instantiate_group"]
 
 #: the model inputs that carry item content: a model taking none of them ranks cold items from
@@ -68,13 +69,19 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     A model (in this package or anywhere importable via ``_target_``) declares what it needs in its
     ``__init__`` signature; the available inputs are ``item_features`` [I, d_t], ``user_features``
     [U, d_t] or None, ``item_graph`` (the refined graph, sparse [I, I]), ``train_interactions``
-    (scipy CSR [U, I], training split only), ``n_users``, ``n_items`` and ``seed``. A model that takes
-    ``item_graph`` and ``layers`` propagates over that graph: its ``layers`` is ``graph.layers`` (L).
+    (scipy CSR [U, I], training split only), ``n_users``, ``n_items``, ``seed`` and
+    ``item_modalities``, ``{name: [I, d_name]}`` for the modalities the model declares
+    (:func:`declared_modalities`). A model that takes ``item_graph`` and ``layers`` propagates over
+    that graph: its ``layers`` is ``graph.layers`` (L). A model whose YAML has an ``item_graph`` key
+    (``own`` | ``refined``) can take the refined graph in place of its own item-item graph:
+    ``model.item_graph=refined`` passes the datamodule's ``item_graph`` (the same ``graph.*`` settings
+    and cache as MLLMRec), ``own`` passes ``"own"``.
     Inputs a model does not ask for are never built: BPR pays for no encoding and no graph build.
     """
     target = cfg.model._target_
     params = inspect.signature(hydra.utils.get_class(target).__init__).parameters
     providers = {
+        "item_modalities": lambda: datamodule.item_modalities(declared_modalities(cfg)),
         "item_features": lambda: datamodule.item_features,
         "user_features": lambda: datamodule.user_features,
         "item_graph": lambda: datamodule.item_graph,
@@ -88,7 +95,28 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
             raise ConfigError(f"model.layers={cfg.model.layers}: {target} propagates over the refined item "
                               "graph; set its depth with graph.layers instead")
         providers["layers"] = lambda: datamodule.graph_spec.layers
-    return {name: build() for name, build in providers.items() if name in params and name not in cfg.model}
+    inputs = {name: build() for name, build in providers.items() if name in params and name not in cfg.model}
+    if "item_graph" in params and "item_graph" in cfg.model:  # the +GR switch: model.item_graph=own|refined
+        choice = cfg.model.item_graph
+        if choice not in ITEM_GRAPH_CHOICES:
+            raise ConfigError(f"model.item_graph={choice!r}: must be one of {ITEM_GRAPH_CHOICES} (refined = "
+                              "MLLMRec's refined graph from graph.*, the +GR variant)")
+        # the refined graph is built (or read from its cache) only when asked for
+        inputs["item_graph"] = datamodule.item_graph if choice == "refined" else "own"
+    return inputs
+
+
+def declared_modalities(cfg: DictConfig) -> tuple[str, ...]:
+    """The item modalities ``cfg.model`` reads: ``model.modalities`` when set, else the class's
+    ``modalities`` attribute (empty for a model without ``item_modalities``)."""
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    if "item_modalities" not in inspect.signature(model_class.__init__).parameters:
+        return ()
+    names = cfg.model.get("modalities") or getattr(model_class, "modalities", ())
+    if not names:
+        raise ConfigError(f"{cfg.model._target_} takes item_modalities but declares none: give the class a "
+                          "`modalities = (...)` attribute or set model.modalities")
+    return tuple(str(n) for n in names)
 
 
 def popularity_metrics(datamodule, split: str, ks=(10, 20)) -> dict[str, float]:
@@ -197,7 +225,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     reads = reasoning_for_training(cfg)
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = build_datamodule(cfg, mllm=reads)
+    for key in unread_feature_keys(cfg):  # e.g. FREEDOM on MMRec's own folder: no image_text_feat.npy needed
+        if datamodule.dataset_cfg.get(key):
+            log.info("dataset.%s=%s is not read by %s: not loaded", key, datamodule.dataset_cfg[key], cfg.model._target_)
+            datamodule.dataset_cfg[key] = None
     datamodule.check_inputs()  # files and reasoning outputs, before any heavy work
+    datamodule.check_modalities(declared_modalities(cfg), cfg.model._target_.rsplit(".", 1)[-1])
     started = time.perf_counter()
     datamodule.setup("fit")
     inputs = model_inputs(cfg, datamodule)  # encodes / builds only what the model reads
