@@ -61,3 +61,7 @@ class BPR(Recommender):
 
     def full_scores(self, users: Tensor) -> Tensor:
         return self.user_embedding(users) @ self.item_embedding.weight.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """The embedding tables: ``p_u`` [U, d], ``q_i`` [I, d] (``full_scores`` is their dot product)."""
+        return self.user_embedding.weight, self.item_embedding.weight

@@ -88,3 +88,8 @@ class VBPR(Recommender):
     def full_scores(self, users: Tensor) -> Tensor:
         assert self._eval_items is not None
         return self.user_embedding[users] @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """``p_u`` [U, 2d] and ``h_i = [q_i ; f_i W + b]`` [I, 2d] (after :meth:`prepare_eval`)."""
+        assert self._eval_items is not None
+        return self.user_embedding, self._eval_items
