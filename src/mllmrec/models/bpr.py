@@ -63,5 +63,6 @@ class BPR(Recommender):
         return self.user_embedding(users) @ self.item_embedding.weight.T
 
     def representations(self) -> tuple[Tensor, Tensor]:
-        """The embedding tables: ``p_u`` [U, d], ``q_i`` [I, d] (``full_scores`` is their dot product)."""
+        """The embedding tables: ``p_u`` [U, d], ``q_i`` [I, d]."""
         return self.user_embedding.weight, self.item_embedding.weight
+

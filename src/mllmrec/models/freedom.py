@@ -243,6 +243,6 @@ class FREEDOM(Recommender):
         return self._eval_users[users] @ self._eval_items.T
 
     def representations(self) -> tuple[Tensor, Tensor]:
-        """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
+        """User ``e_u`` [U, d] and item ``e_i + h_i`` [I, d] on the full (unpruned) graph."""
         assert self._eval_users is not None and self._eval_items is not None
         return self._eval_users, self._eval_items

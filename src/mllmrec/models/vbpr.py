@@ -90,6 +90,6 @@ class VBPR(Recommender):
         return self.user_embedding[users] @ self._eval_items.T
 
     def representations(self) -> tuple[Tensor, Tensor]:
-        """``p_u`` [U, 2d] and ``h_i = [q_i ; f_i W + b]`` [I, 2d] (after :meth:`prepare_eval`)."""
+        """``p_u`` [U, 2d] and ``h_i = [q_i, E f_i]`` [I, 2d]."""
         assert self._eval_items is not None
         return self.user_embedding, self._eval_items
