@@ -1,5 +1,6 @@
 """Train and evaluate MLLMRec:  python train.py [dataset=baby mllm=qwen25vl graph.alpha=0.7 ...]
 
+Resume:  python train.py ckpt_path=<run or sweep job folder>[/checkpoints/last.ckpt]   (no quoting needed)
 Sweeps:  python train.py -m graph.alpha=0.4,0.5,0.6,0.7 graph.kc=5,10,15,20 [hydra/launcher=gpus]
          python train.py -m hparams_search=optuna          (docs/sweeps.md)
 """
@@ -27,6 +28,10 @@ def main(cfg: DictConfig) -> float:
     from mllmrec.sweep.resume import finished_summary
     from mllmrec.train.objective import objective
 
+    if cfg.get("extras", {}).get("print_config", True):
+        from mllmrec.train.extras import print_config_tree
+
+        print_config_tree(cfg)
     with exit_on_user_error(log):
         summary = finished_summary(cfg)  # a rerun of a named sweep skips the jobs it already finished
         if summary is None:
@@ -39,4 +44,11 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from mllmrec.train.run_folder import quote_path_overrides
+
+    # ckpt_path=<sweep job folder>/...: job folders are named like graph.alpha=0.5,graph.kc=5, which
+    # Hydra's override grammar reads as a sweep unless quoted; quote it here so it works as typed
+    sys.argv = quote_path_overrides(sys.argv)
     main()

@@ -108,8 +108,9 @@ def worker(shape_name: str, epochs: int, data_dir: Path, overrides: list[str], t
     if threads:
         torch.set_num_threads(threads)
 
-    from _shapes import SHAPES, ensure_mmrec_folder
     from mllmrec.train.task import build_datamodule, model_inputs
+
+    from _shapes import SHAPES, ensure_mmrec_folder
 
     shape = SHAPES[shape_name]
     folder = ensure_mmrec_folder(shape, data_dir)
@@ -231,7 +232,7 @@ def _spread(result: dict, key: str) -> str:
 def markdown(results: list[dict], command: str) -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        model_name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        model_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model_name = cpu
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mllmrec.data import DatasetError, DatasetLayout
 from mllmrec.data.demo import ensure_demo_dataset
@@ -139,10 +140,43 @@ def test_graph_is_built_from_training_interactions_only(train_cfg, monkeypatch):
     seen = {}
     real = dmod.build_refined_item_graph
 
-    def spy(features, interactions, *args):
+    def spy(features, interactions, *args, **kwargs):
         seen["interactions"] = interactions
-        return real(features, interactions, *args)
+        return real(features, interactions, *args, **kwargs)
 
     monkeypatch.setattr(dmod, "build_refined_item_graph", spy)
     dm = _datamodule(train_cfg())
     assert (seen["interactions"] != dm.data.train).nnz == 0
+
+
+def test_eval_batches_are_capped_so_a_batch_score_matrix_stays_bounded(train_cfg, monkeypatch):
+    """4096 users x 1M items would be a 16 GB score matrix: the users per batch shrink to fit the
+    budget, and the same users are evaluated, each once, in the same order."""
+    import mllmrec.train.datamodule as dmod
+
+    assert dmod.eval_users_per_batch(4096, 1_000_000) == 134  # 512 MiB / (4 B x 1M items)
+    assert dmod.eval_users_per_batch(4096, 7_050) == 4096  # the paper's datasets: unchanged
+    assert dmod.eval_users_per_batch(4096, 10**12) == 1
+    dm = build_datamodule(train_cfg())
+    dm.setup("fit")
+    full = torch.cat(list(dm.val_dataloader()))
+    n_items = dm.data.train.shape[1]
+    monkeypatch.setattr(dmod, "EVAL_SCORE_BYTES", 4 * n_items * 7)
+    batches = list(dm.val_dataloader())
+    assert max(len(b) for b in batches) == 7 and len(batches) == -(-len(full) // 7)
+    assert torch.equal(torch.cat(batches), full)
+
+
+def test_demo_knn_similarities_spread_so_alpha_prunes_different_amounts(train_cfg):
+    # demo version 1 had every kNN cosine >= 0.71: alpha in 0.4-0.7 pruned nothing and the README's
+    # alpha x kc sweep gave identical rows. The statistics are those of the graph build itself.
+    dm = build_datamodule(train_cfg("graph.alpha=0.5"))
+    dm.setup("fit")
+    _ = dm.item_graph  # builds the graph and its statistics
+    stats = dm.graph_statistics
+    sims = stats.knn_similarities
+    shares = [float((sims < a).mean()) for a in (0.4, 0.5, 0.6, 0.7)]
+    assert shares[1] > 0.02, shares  # some edges below 0.5, as on real data (~12%)
+    assert shares[1] < shares[2] < shares[3] < 1.0, shares  # each step of alpha prunes more
+    assert stats.alpha_pruned == int((sims < 0.5).sum())  # self-loops (cosine 1) are never pruned
+    assert stats.cooccurrence_edges > 0 and stats.final_edges > stats.alpha_kept  # co-occurrence adds

@@ -13,7 +13,7 @@ from train_helpers import ROOT
 PACKAGE = ROOT / "src" / "mllmrec"
 # rank of each room: a module may import rooms of its own rank or lower
 RANKS = {
-    "errors": 0, "cache": 0, "plots": 0, "data": 0,
+    "errors": 0, "cache": 0, "plots": 0, "secrets": 0, "data": 0,
     "prepare": 1,
     "reasoning": 2,
     "encoding": 3, "graph": 3, "metrics": 3,

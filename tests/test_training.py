@@ -14,10 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from train_helpers import CONF, ROOT, SMALL_DEMO
-from mllmrec.train.checks import ConfigError
 from mllmrec.data import DatasetError
+from mllmrec.train.checks import ConfigError
 from mllmrec.train.task import build_datamodule, train
+
+from train_helpers import CONF, ROOT, SMALL_DEMO
 
 METRICS = {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
 
@@ -122,8 +123,8 @@ def test_resume_continues_epoch_count(train_cfg, tmp_path):
 
 
 def test_negatives_never_hit_training_positives(train_cfg):
+
     from mllmrec.train.datamodule import MLLMRecDataModule
-    import hydra
 
     cfg = train_cfg()
     dm: MLLMRecDataModule = build_datamodule(cfg)

@@ -9,11 +9,14 @@ build it once (a file lock around "check, build, publish").
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +27,8 @@ from filelock import FileLock
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "stable_hash",
     "atomic_path",
@@ -33,10 +38,12 @@ __all__ = [
     "file_lock",
     "build_once",
     "read_json",
+    "sha256_file",
+    "quarantine",
 ]
 
 
-def _feed(h: "hashlib._Hash", obj: Any) -> None:
+def _feed(h: hashlib._Hash, obj: Any) -> None:
     """Feed ``obj`` into ``h`` unambiguously (type tag + length prefixes)."""
     if isinstance(obj, np.generic):  # numpy scalar: key on the Python value (repr differs by version)
         obj = obj.item()
@@ -173,6 +180,73 @@ def file_lock(path: str | os.PathLike, timeout: float = -1) -> Iterator[None]:
         yield
 
 
+class CorruptCacheEntry(Exception):
+    """A cache file that fails its recorded hash or cannot be loaded (internal: it is rebuilt)."""
+
+
+# errors that mean "this folder cannot be written", not "the artefact is bad"
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".meta.json")
+
+
+def _load_checked(path: Path, load: Callable[[Path], T]) -> T:
+    """``load(path)`` after checking the sha256 recorded in its meta file (when there is one).
+
+    Raises :class:`CorruptCacheEntry` for a hash mismatch or any load failure (truncated, garbled).
+    """
+    try:
+        recorded = read_json(_meta_path(path)).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # no (or an unreadable) meta file: the load itself is the check
+    if recorded is not None and sha256_file(path) != recorded:
+        raise CorruptCacheEntry(f"content hash differs from the one recorded in {_meta_path(path).name}")
+    try:
+        return load(path)
+    except (MemoryError, PermissionError):
+        raise
+    except Exception as err:  # noqa: BLE001  (any failure to read a cache file means: rebuild it)
+        raise CorruptCacheEntry(f"{type(err).__name__}: {err}") from err
+
+
+def quarantine(path: str | os.PathLike, reason: str) -> Path | None:
+    """Move a corrupt cache file aside as ``<name>.corrupt-<time>`` (kept for a post-mortem) with a
+    warning; its meta file goes with it. Returns the new path (None when it vanished meanwhile)."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(_meta_path(path), aside.with_name(aside.name + ".meta.json"))
+    log.warning("cache entry %s is corrupt (%s): moved aside to %s; rebuilding it", path, reason, aside.name)
+    return aside
+
+
+def _try_load(path: Path, load: Callable[[Path], T]) -> tuple[bool, T | None]:
+    """(True, value) for a sound cache entry; (False, None) when missing or corrupt (moved aside)."""
+    if not path.exists():
+        return False, None
+    try:
+        return True, _load_checked(path, load)
+    except CorruptCacheEntry as err:
+        quarantine(path, str(err))
+        return False, None
+
+
 def build_once(
     path: str | os.PathLike,
     build: Callable[[], T],
@@ -184,19 +258,38 @@ def build_once(
 
     A lock makes concurrent callers wait for the first builder instead of building again. ``meta``
     (how the artefact was made: parameters, input hashes, code version) is written next to it as
-    ``<path>.meta.json`` so a human can tell where a cache file came from.
+    ``<path>.meta.json`` with the file's sha256, so a human can tell where a cache file came from.
+
+    Self-repairing: an entry that fails its recorded sha256 or cannot be loaded (truncated, garbled) is
+    moved aside with a warning (:func:`quarantine`) and rebuilt. An unwritable cache folder (read-only,
+    no permission, full) is a warning: the artefact is built and kept in memory only.
 
     Returns ``(value, built)`` where ``built`` says whether this call did the work.
     """
     path = Path(path)
-    if path.exists():
-        return load(path), False
-    with file_lock(path):
-        if path.exists():  # another process built it while we waited
-            return load(path), False
+    found, value = _try_load(path, load)
+    if found:
+        return value, False
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path))
+        except OSError as err:
+            if err.errno not in _UNWRITABLE:
+                raise
+            log.warning("cache folder %s is not writable (%s): building %s in memory only", path.parent,
+                        err.strerror or err, path.name)
+            return build(), True
+        found, value = _try_load(path, load)  # another process built it while we waited
+        if found:
+            return value, False
         value = build()
-        if meta is not None:
-            atomic_write_json(path.with_name(path.name + ".meta.json"), dict(meta))
-        with atomic_path(path) as tmp:
-            save(value, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                save(value, tmp)
+                if meta is not None:  # the hash of exactly the bytes published under ``path``
+                    atomic_write_json(_meta_path(path), {**dict(meta), "sha256": sha256_file(tmp)})
+        except OSError as err:
+            if err.errno not in _UNWRITABLE:
+                raise
+            log.warning("cannot write cache entry %s (%s): keeping it in memory only", path, err.strerror or err)
         return value, True

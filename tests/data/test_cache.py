@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -181,7 +182,9 @@ def test_build_once_builds_then_reuses_and_writes_meta(tmp_path):
     assert build_once(target, build, meta=meta, **_text_io()) == ("value", False)
     assert len(calls) == 1
     assert target.read_text() == "value"
-    assert json.loads((target.parent / "thing.txt.meta.json").read_text()) == meta
+    # the meta records how it was made and the sha256 of the bytes published (checked on load)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert json.loads((target.parent / "thing.txt.meta.json").read_text()) == {**meta, "sha256": digest}
 
 
 def test_build_once_failure_publishes_nothing(tmp_path):
@@ -222,7 +225,7 @@ def test_build_once_builds_once_under_two_racing_processes(tmp_path):
     assert sorted(o["built"] for o in outcomes) == [False, True]
     assert target.read_text() == "payload"
     meta = json.loads((tmp_path / "artefact.txt.meta.json").read_text())
-    assert meta == {"params": {"k": 5}, "input": "abc"}
+    assert meta == {"params": {"k": 5}, "input": "abc", "sha256": hashlib.sha256(b"payload").hexdigest()}
 
 
 def test_zero_dim_array_differs_from_one_element_array():

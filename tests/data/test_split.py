@@ -114,3 +114,23 @@ def test_chronological_ties_go_by_file_order():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="chronological"):
         mmrec_split(np.zeros(5, dtype=np.int64), np.arange(5), mode="temporal")
+
+
+def test_leave_one_out_puts_each_users_last_item_in_test_and_the_one_before_in_valid():
+    rng = np.random.default_rng(5)
+    users = rng.integers(0, 30, size=400)
+    timestamps = rng.integers(0, 50, size=400)  # many ties: file order must break them
+    labels = mmrec_split(users, timestamps, seed=1, mode="leave_one_out")
+    for u in np.unique(users):
+        rows = np.flatnonzero(users == u)
+        # plain reference: sort the user's rows by (timestamp, file position)
+        by_time = sorted(rows, key=lambda r: (timestamps[r], r))
+        expected = np.full(len(rows), TRAIN)
+        if len(rows) >= 2:
+            expected[-1] = TEST
+        if len(rows) >= 3:
+            expected[-2] = VALID
+        got = labels[by_time]
+        np.testing.assert_array_equal(got, expected, err_msg=f"user {u}")
+    # the seed does not matter: no shuffle is involved
+    np.testing.assert_array_equal(labels, mmrec_split(users, timestamps, seed=2, mode="leave_one_out"))

@@ -214,6 +214,37 @@ def test_cooccurrence_graph_does_not_depend_on_chunk_size(chunk_size):
     assert torch.equal(adj.values(), reference.values())
 
 
+def test_cooccurrence_blocks_stay_bounded_with_hub_items_and_power_law_popularity(monkeypatch):
+    """A few items bought by a large share of the users make their rows of R^T R dense: every block's
+    product must still hold at most the entry budget (or be one row, at most I entries), and the
+    result must equal the dense reference."""
+    rng = np.random.default_rng(31)
+    users, items = 300, 120
+    popularity = 1.0 / np.arange(1, items + 1) ** 1.2  # power law: item 0 is in ~1/4 of all baskets
+    rows = np.repeat(np.arange(users), rng.integers(2, 8, size=users))
+    cols = rng.choice(items, size=rows.size, p=popularity / popularity.sum())
+    interactions = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(users, items))
+    binary = (interactions > 0).astype(np.float64)
+    assert binary[:, 0].sum() >= 0.1 * users  # the hub
+    budget = 400
+    monkeypatch.setattr(knn, "_COOCCURRENCE_BLOCK_ENTRIES", budget)
+    blocks = []
+    real_blocks = knn._cooccurrence_blocks
+
+    def recording(*args):
+        blocks.extend(real_blocks(*args))
+        return blocks
+
+    monkeypatch.setattr(knn, "_cooccurrence_blocks", recording)
+    adj = cooccurrence_graph(interactions, k_c=5, chunk_size=64)
+    np.testing.assert_allclose(dense(adj), reference_cooccurrence(interactions, 5), rtol=1e-6)
+    shared = (binary.T @ binary).tocsr()  # the true product, to count each block's entries
+    entries = [shared[start:stop].nnz for start, stop in blocks]
+    assert len(blocks) > items // 64 + 1  # the budget, not chunk_size, split the rows
+    assert all(nnz <= budget or stop - start == 1 for nnz, (start, stop) in zip(entries, blocks))
+    assert max(entries) <= max(budget, items)
+
+
 def test_cooccurrence_blocks_respect_both_limits():
     bound = np.array([5, 5, 50, 1, 1, 1, 1, 1, 30, 0])
     blocks = knn._cooccurrence_blocks(bound, chunk_size=3, max_entries=10)

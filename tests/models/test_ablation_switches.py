@@ -10,8 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mllmrec.data import DatasetError
-from mllmrec.train.datamodule import MLLMRecDataModule
+from mllmrec.data.open import open_dataset
 from mllmrec.graph import cooccurrence_graph, refined_item_graph, semantic_graph
+from mllmrec.train.datamodule import MLLMRecDataModule
 from mllmrec.train.task import build_datamodule, model_inputs
 
 ABLATIONS = {  # experiment -> (variant, resolved keys that differ from ablation_full)
@@ -64,13 +65,13 @@ def test_ablation_changes_only_its_keys(train_cfg, experiment):
 
 
 def test_graph_ablations_change_only_their_part_of_the_graph(train_cfg):
-    # on the small demo every item's 10 nearest neighbours have cosine >= 0.6, so a higher threshold
-    # makes the denoising (and therefore "w/o GD") observable; w/o GD sets graph.alpha itself
-    tuned = "dataset.tuned.alpha=0.7"
+    # the demo's kNN similarities spread (demo version 2), so its own alpha (0.5) prunes edges and the
+    # denoising (and therefore "w/o GD", which sets graph.alpha itself) is observable
+    tuned = "dataset.tuned.alpha=0.5"
     full_dm, full_model = build(train_cfg("experiment=ablation_full", tuned))
     features, train = full_dm.item_features, full_dm.data.train
     g = full_dm.graph_spec
-    assert g.alpha == 0.7
+    assert g.alpha == 0.5
     n_items = full_dm.data.n_items
     semantic = semantic_graph(features, g.ks, g.alpha)
     semantic_plain = semantic_graph(features, g.ks, -1.0)
@@ -137,9 +138,9 @@ def test_text_ablations_without_mllm(train_cfg):
 def test_text_ablations_pick_the_description_parts(train_cfg, tmp_path):
     """With MLLM outputs: full = text + image description, w/o V = text, w/o T = image description."""
     overrides = [f"paths.data_dir={tmp_path / 'data'}", "mllm.name=fake-mllm"]
-    full_dm = build_datamodule(train_cfg("experiment=ablation_full", *overrides))
-    full_dm.setup("fit")  # generates the demo into the fresh data dir
-    data = full_dm.data
+    full_cfg = train_cfg("experiment=ablation_full", *overrides)
+    full_dm = build_datamodule(full_cfg)
+    data = open_dataset(OmegaConf.to_container(full_cfg.dataset, resolve=True))  # generates the demo
     folder = full_dm.layout.reasoning("fake-mllm")
     folder.mkdir(parents=True)
     ids = range(data.n_items)

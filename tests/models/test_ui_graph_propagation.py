@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mllmrec.models import LightGCN
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
+from mllmrec.models import LightGCN
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 

@@ -8,10 +8,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from prepare_fixtures import meta_records, write_json_lines_gz, write_meta_2014, write_ratings_csv
 
 from mllmrec.data.text import mmrec_item_text
 from mllmrec.prepare.amazon import item_fields, parse_meta_line, read_meta, read_ratings_2014, read_reviews_2018
+
+from prepare_fixtures import meta_records, write_json_lines_gz, write_meta_2014, write_ratings_csv
 
 ROWS = [("A1", "B01", 5.0, 100), ("A2", "B02", 4.0, 200), ("A3", "B03", 3.0, 300), ("A4", "B04", 2.0, 400)]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from prepare_fixtures import random_ratings, reference_mmrec, serve_amazon_2014
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +58,8 @@ def test_prepare_mmrec_import_command(tmp_path: Path) -> None:
     rows = [(u, (u + j) % 7, 5.0, 1_300_000_000 + j, [0, 0, 0, 1, 2][j]) for u in range(9) for j in range(5)]
     pd.DataFrame(rows, columns=["userID", "itemID", "rating", "timestamp", "x_label"]).to_csv(
         src / "toy.inter", sep="\t", index=False)
-    np.save(src / "image_text_feat.npy", np.zeros((7, 3), np.float32))
+    # (all-zero features are refused since issue 18: they carry no information)
+    np.save(src / "image_text_feat.npy", np.random.default_rng(0).random((7, 3)).astype(np.float32))
     result = _run(tmp_path, "dataset=mmrec", f"dataset.root={src}", "dataset.name=toy")
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads((tmp_path / "data" / "toy" / "processed" / "manifest.json").read_text())

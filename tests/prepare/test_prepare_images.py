@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from prepare_fixtures import Route, image_bytes
 
 from mllmrec.prepare.images import FAILURES_FILE, fetch_images, large_image_url
+
+from prepare_fixtures import Route, image_bytes
 
 FAST = {"timeout_s": 5.0, "retries": 2, "backoff_s": 0.01, "progress": False}
 

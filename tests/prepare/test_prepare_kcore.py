@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from prepare_fixtures import random_ratings, reference_mmrec
 
 from mllmrec.prepare.kcore import encode_interactions, first_appearance_ids, kcore_rows, mmrec_filter
+
+from prepare_fixtures import random_ratings, reference_mmrec
 
 
 def _table(rows) -> pa.Table:

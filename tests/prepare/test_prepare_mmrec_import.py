@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prepare_fixtures import write_meta_2014
 
 from mllmrec.data import load_mmrec_dataset, load_processed_dataset, read_items
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.processed import DatasetLayout
 from mllmrec.prepare.mmrec_import import import_mmrec
 from mllmrec.prepare.pipeline import PrepareOptions
+
+from prepare_fixtures import write_meta_2014
 
 OPTS = PrepareOptions(progress=False, images=False)
 

@@ -10,6 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from mllmrec import __version__
+from mllmrec.data import load_processed_dataset, read_items, split_sizes
+from mllmrec.data.errors import DatasetError
+from mllmrec.data.processed import DatasetLayout
+from mllmrec.prepare.pipeline import PREPARE_VERSION, AmazonSource, PrepareOptions, prepare_amazon
+
 from prepare_fixtures import (
     Route,
     image_bytes,
@@ -18,12 +25,6 @@ from prepare_fixtures import (
     serve_amazon_2014,
     write_json_lines_gz,
 )
-
-from mllmrec import __version__
-from mllmrec.data import load_processed_dataset, read_items, split_sizes
-from mllmrec.data.errors import DatasetError
-from mllmrec.data.processed import DatasetLayout
-from mllmrec.prepare.pipeline import PREPARE_VERSION, AmazonSource, PrepareOptions, prepare_amazon
 
 SEED = 3
 

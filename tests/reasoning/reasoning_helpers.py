@@ -70,3 +70,37 @@ def build_tiny_dataset(root: Path, images: bool = True) -> Path:
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     """Overrides that point the mmrec dataset group at a tiny processed folder (Baby category)."""
     return ["dataset=baby", f"dataset.root={root}", "dataset.name=tiny", *extra]
+
+
+# a tiny random Gemma 3: the real architecture and generate(), 5k parameters
+TINY_WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "user", "model",
+              *(f"w{i}" for i in range(40))]
+
+
+def tiny_gemma(seed: int = 0):
+    """(tokenizer, Gemma3ForCausalLM) with Gemma's special tokens and whitespace-split words.
+
+    The tokenizer adds ``<bos>`` like Gemma's; ``<end_of_turn>`` is id 5, ``<eos>`` id 1.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+    )
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
+    config = Gemma3TextConfig(
+        vocab_size=len(TINY_WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return tokenizer, Gemma3ForCausalLM(config).eval()

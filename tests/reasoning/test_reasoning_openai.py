@@ -1,4 +1,5 @@
-"""The OpenAI-compatible backend against a scripted HTTP server on 127.0.0.1."""
+"""The OpenAI-compatible backend (the official ``openai`` client) against a scripted HTTP server on
+127.0.0.1. The real server (vLLM's) is in test_reasoning_vllm_cpu_server.py (opt-in tier)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from reasoning_helpers import tiny_overrides
 
 
 class Script:
-    """What the server answers: ``chat(n, body) -> (status, payload, headers, delay_s)``."""
+    """What the server answers: ``chat(n, body) -> (status, payload, headers, delay_s)``; a status
+    of 0 drops the connection without an answer."""
 
     def __init__(self) -> None:
         self.models: tuple[int, dict] = (200, {"data": [{"id": "gemma3:4b"}, {"id": "other"}]})
@@ -84,6 +86,9 @@ def server() -> Iterator[tuple[str, Script]]:
             try:
                 status, payload, headers, delay = script.chat(n, body)
                 time.sleep(delay)
+                if status == 0:
+                    self.close_connection = True  # a server that died mid-request
+                    return
                 self._send(status, payload, headers)
             finally:
                 with script.lock:
@@ -99,7 +104,7 @@ def server() -> Iterator[tuple[str, Script]]:
 
 def backend(url: str, **kwargs) -> OpenAIBackend:
     defaults = {"identity": "google/gemma-3-4b-it@main", "candidates": ["gemma3:4b", "google/gemma-3-4b-it"],
-                "backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5.0}
+                "timeout_s": 5.0, "max_retries": 2}
     return OpenAIBackend(url, **{**defaults, **kwargs})
 
 
@@ -129,24 +134,26 @@ def test_pipeline_through_the_server_sends_images_as_data_urls(server, tiny_root
 
 def test_429_then_success_honours_retry_after(server) -> None:
     url, script = server
-    script.chat = lambda n, body: ((429, {"error": "slow down"}, {"Retry-After": "0.02"}, 0.0)
+    # 1.2 s: far above the client's own first delay (0.5 s minus jitter), so waiting it proves the header won
+    script.chat = lambda n, body: ((429, {"error": "slow down"}, {"Retry-After": "1.2"}, 0.0)
                                    if n == 1 else ok_answer(n, body))
-    sleeps: list[float] = []
-    out = backend(url, sleep=sleeps.append).generate([text_request()])
+    t0 = time.perf_counter()
+    out = backend(url).generate([text_request()])
+    elapsed = time.perf_counter() - t0
     assert out[0].ok and out[0].text == "profile 5" and out[0].n_tokens == 2
-    assert len(script.bodies) == 2 and sleeps == [0.02]
+    assert len(script.bodies) == 2 and 1.2 <= elapsed < 4.0
 
 
 def test_5xx_retries_with_backoff_then_records_the_failure(server) -> None:
     url, script = server
     script.chat = lambda n, body: (503, {"error": "overloaded"}, {}, 0.0)
-    sleeps: list[float] = []
-    out = backend(url, max_retries=3, backoff_s=1.0, backoff_max_s=3.0, sleep=sleeps.append).generate(
-        [text_request()])
-    assert not out[0].ok and "gave up after 4 tries" in out[0].error and "503" in out[0].error
-    assert len(script.bodies) == 4
-    # exponential with jitter in [0.75, 1.25) of 1, 2, 4 -> capped at 3
-    assert 0.75 <= sleeps[0] < 1.25 and 1.5 <= sleeps[1] < 2.5 and 2.25 <= sleeps[2] <= 3.75
+    t0 = time.perf_counter()
+    out = backend(url, max_retries=2).generate([text_request()])
+    elapsed = time.perf_counter() - t0
+    assert not out[0].ok and "gave up after 3 tries" in out[0].error and "503" in out[0].error
+    assert len(script.bodies) == 3
+    # exponential backoff: 0.5 s then 1 s, each minus up to 25 % jitter
+    assert 0.75 * (0.5 + 1.0) <= elapsed < 4.0
 
 
 def test_timeout_is_retried(server) -> None:
@@ -154,6 +161,28 @@ def test_timeout_is_retried(server) -> None:
     script.chat = lambda n, body: (*ok_answer(n, body)[:3], 1.5 if n == 1 else 0.0)
     out = backend(url, timeout_s=0.5).generate([text_request()])
     assert out[0].ok and len(script.bodies) == 2
+
+
+def test_dropped_connection_is_retried(server) -> None:
+    url, script = server
+    script.chat = lambda n, body: (0, {}, {}, 0.0) if n == 1 else ok_answer(n, body)
+    out = backend(url).generate([text_request()])
+    assert out[0].ok and out[0].text == "profile 5" and len(script.bodies) == 2
+
+
+def test_server_gone_mid_run_stops_the_run_with_a_clear_error(server) -> None:
+    url, script = server
+    b = backend(url, max_retries=1, concurrency=4)
+    assert b.generate([text_request()])[0].ok
+    with socket.socket() as s:  # the server's port closes: every connection is refused from now on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    gone = backend(dead, max_retries=1, concurrency=4, probe=False, model="gemma3:4b")
+    t0 = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match="stopped answering.*restart the server and rerun"):
+        gone.generate([text_request(str(k)) for k in range(40)])
+    # requests not yet sent are cancelled, not each retried against the dead server
+    assert time.perf_counter() - t0 < 10.0
 
 
 def test_client_errors_fail_at_once(server) -> None:

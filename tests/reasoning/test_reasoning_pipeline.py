@@ -216,9 +216,14 @@ def test_shard_waits_for_the_others_when_asked(tiny_root, reason_cfg) -> None:
 
     base = tiny_overrides(tiny_root, VISION, "reason.backend=fake", "reason.num_shards=2", "reason.poll_s=0.1")
     results = {}
+    # composed here: Hydra's global state makes composing in two threads at once fail
+    cfgs = {i: reason_cfg(*base, f"reason.shard={i}", "reason.shard_wait_s=60") for i in (0, 1)}
 
     def shard(i: int) -> None:
-        results[i] = run_reasoning(reason_cfg(*base, f"reason.shard={i}", "reason.shard_wait_s=60"), fake())
+        try:
+            results[i] = run_reasoning(cfgs[i], fake())
+        except BaseException as exc:  # surfaced by the assertion below
+            results[i] = exc
 
     threads = [threading.Thread(target=shard, args=(i,)) for i in (0, 1)]
     for t in threads:
@@ -227,3 +232,25 @@ def test_shard_waits_for_the_others_when_asked(tiny_root, reason_cfg) -> None:
         t.join(timeout=120)
     assert results[0].complete and results[1].complete
     assert set(results[0].tables["user_profiles"]["status"]) == {"ok"}
+    # both waited for the complete set; the tables were written once, by whichever got there first
+    assert sorted(r.merged for r in results.values()) == [False, True]
+    merger = next(i for i, r in results.items() if r.merged)
+    out = DatasetLayout(tiny_root).reasoning("qwen25vl-fake")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["merge"]["shard"] == merger and manifest["merge"]["num_shards"] == 2
+    for name, table in results[merger].tables.items():
+        pd.testing.assert_frame_equal(table, results[1 - merger].tables[name])
+
+
+def test_a_rerun_with_nothing_new_does_not_rewrite_and_a_damaged_set_is_rewritten(tiny_root, reason_cfg) -> None:
+    base = tiny_overrides(tiny_root, VISION, "reason.backend=fake")
+    out = DatasetLayout(tiny_root).reasoning("qwen25vl-fake")
+    first = run_reasoning(reason_cfg(*base), fake())
+    assert first.merged
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    again = run_reasoning(reason_cfg(*base), fake())
+    assert not again.merged and (out / "manifest.json").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again.tables["user_profiles"], first.tables["user_profiles"])
+    (out / "user_profiles.parquet").unlink()  # a damaged set: the manifest no longer matches the files
+    repaired = run_reasoning(reason_cfg(*base), fake())
+    assert repaired.merged and (out / "user_profiles.parquet").is_file()

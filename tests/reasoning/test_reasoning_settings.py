@@ -59,7 +59,7 @@ def test_typed_settings_hold_the_yaml_defaults() -> None:
                 "prompt_margin_tokens", "separator", "list_style", "history", "seed", "num_shards"):
         assert getattr(s, key) == raw[key], key
     assert s.chars_per_token == float(raw.chars_per_token)
-    for key in ("concurrency", "timeout_s", "max_retries", "backoff_s", "backoff_max_s", "probe_timeout_s"):
+    for key in ("concurrency", "timeout_s", "max_retries", "probe_timeout_s"):
         assert getattr(s.openai, key) == raw.openai[key], key
     assert (s.transformers.device, s.transformers.batch_size) == (raw.transformers.device,
                                                                   raw.transformers.batch_size)
@@ -82,15 +82,13 @@ def test_make_backend_passes_every_openai_option_from_the_settings(monkeypatch) 
     monkeypatch.setattr(openai_backend, "OpenAIBackend", lambda **kwargs: seen.update(kwargs) or "built")
     cfg = compose_reason(["mllm=qwen25vl", "reason.backend=openai", "reason.openai.base_url=http://box:1/v1",
                           "reason.openai.api_key=k", "reason.openai.concurrency=3", "reason.openai.timeout_s=7",
-                          "reason.openai.max_retries=2", "reason.openai.backoff_s=0.5",
-                          "reason.openai.backoff_max_s=9", "reason.openai.probe_timeout_s=4"])
+                          "reason.openai.max_retries=2", "reason.openai.probe_timeout_s=4"])
     assert make_backend(ReasonSettings.from_config(cfg)) == "built"
     mllm = cfg.mllm
     assert seen == {
         "base_url": "http://box:1/v1", "identity": f"{mllm.model_id}@{mllm.revision or 'main'}", "model": None,
         "candidates": [c for c in (mllm.get("ollama"), mllm.model_id) if c], "vision": mllm.vision,
-        "api_key": "k", "concurrency": 3, "timeout_s": 7.0, "max_retries": 2, "backoff_s": 0.5,
-        "backoff_max_s": 9.0, "probe_timeout_s": 4.0,
+        "api_key": "k", "concurrency": 3, "timeout_s": 7.0, "max_retries": 2, "probe_timeout_s": 4.0,
     }
 
 

@@ -13,7 +13,12 @@ import torch
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
 from mllmrec.reasoning.backends.base import ImagePart, Message, Request, Sampling
-from mllmrec.reasoning.backends.transformers_backend import TransformersBackend, gemma_prompt
+from mllmrec.reasoning.backends.transformers_backend import (
+    TransformersBackend,
+    gemma_prompt,
+)
+
+from reasoning_helpers import TINY_WORDS, tiny_gemma
 
 
 class Recording:
@@ -66,10 +71,10 @@ def test_gemma3_270m_end_to_end_on_the_demo(gemma_backend, reason_cfg) -> None:
                for r in backend.requests)
 
     # ... and the training app encodes exactly these texts and trains on them
-    from train_helpers import compose_config
-
     from mllmrec.encoding import EncoderSpec, encode_texts
     from mllmrec.train.task import train
+
+    from train_helpers import compose_config
 
     train_cfg = compose_config("train", [
         f"paths.data_dir={cfg.paths.data_dir}", "mllm=gemma3_270m", "dataset.n_users=8",
@@ -131,9 +136,10 @@ class FakeVisionModel(torch.nn.Module):
 
 
 def test_vision_path_uses_the_processor_chat_template_with_images() -> None:
-    from PIL import Image
     import hashlib
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGBA", (4, 4), (10, 20, 30, 255)).save(buf, format="PNG")
@@ -161,3 +167,130 @@ def test_missing_chat_template_or_processor_is_a_clear_error() -> None:
         TransformersBackend("m@main", device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
     with pytest.raises(BackendError, match="needs its processor"):
         TransformersBackend("m@main", vision=True, device="cpu", model=FakeVisionModel(), tokenizer=tokenizer)
+
+
+def greedy_without_cache(model, input_ids: list[int], max_tokens: int, stop: set[int]) -> list[int]:
+    """Reference greedy decoding: the whole sequence re-run each step, argmax of the full logits."""
+    ids, new = list(input_ids), []
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits
+            token = int(logits[0, -1].argmax())
+            if token in stop:
+                break
+            ids.append(token)
+            new.append(token)
+    return new
+
+
+def test_greedy_generation_keeps_only_last_position_logits_and_matches_a_full_recompute() -> None:
+    tokenizer, model = tiny_gemma()
+    backend = TransformersBackend("tiny-gemma@test", chat_format="gemma", device="cpu", batch_size=2,
+                                  model=model, tokenizer=tokenizer)
+    logit_shapes: list[tuple[int, ...]] = []
+    hook = model.register_forward_hook(lambda module, args, out: logit_shapes.append(tuple(out.logits.shape)))
+    requests = [Request((Message("user", text),), Sampling(max_tokens=6))
+                for text in ("w1 w2 w3 w4 w5 w6 w7", "w8", "w9 w10 w11")]
+    try:
+        out = backend.generate(requests)
+    finally:
+        hook.remove()
+    # a prefill plus decode steps, each with logits for one position: the 262k-token head of
+    # Gemma 3 is never computed for the prompt's other positions
+    assert len(logit_shapes) > 1
+    assert {shape[1] for shape in logit_shapes} == {1}, logit_shapes
+    assert {shape[2] for shape in logit_shapes} == {len(TINY_WORDS)}
+    # the KV cache, left padding and last-position logits change nothing: same tokens as a
+    # one-by-one, cache-free decode
+    stop = {1, 5}
+    for request, generation in zip(requests, out):
+        prompt_ids = tokenizer(gemma_prompt(request.messages))["input_ids"]
+        expected = greedy_without_cache(model, prompt_ids, 6, stop)
+        assert generation.n_tokens == len(expected)
+        assert generation.text == tokenizer.decode(expected, skip_special_tokens=True)
+        assert generation.finish_reason == ("length" if len(expected) == 6 else "stop")
+
+
+def test_num_threads_sets_torch_intra_op_threads_before_loading() -> None:
+    from mllmrec.reasoning.backends.base import BackendError
+
+    tokenizer, model = tiny_gemma()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        TransformersBackend("t@test", chat_format="gemma", device="cpu", num_threads=2,
+                            model=model, tokenizer=tokenizer)
+        assert torch.get_num_threads() == 2
+        TransformersBackend("t@test", chat_format="gemma", device="cpu", model=model, tokenizer=tokenizer)
+        assert torch.get_num_threads() == 2  # None leaves the process's setting alone
+        with pytest.raises(BackendError, match="reason.transformers.num_threads"):
+            TransformersBackend("t@test", chat_format="gemma", device="cpu", num_threads=0,
+                                model=model, tokenizer=tokenizer)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_reason_transformers_num_threads_reaches_the_backend(tmp_path, reason_cfg) -> None:
+    from mllmrec.reasoning.backends import make_backend
+    from mllmrec.reasoning.settings import ReasonSettings
+
+    tokenizer, model = tiny_gemma()
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    model.save_pretrained(tmp_path / "tiny")
+    cfg = reason_cfg("mllm=gemma3_270m", "mllm.gguf=null", f"mllm.model_id={tmp_path / 'tiny'}",
+                     "mllm.revision=null", "reason.backend=transformers",
+                     "reason.transformers.device=cpu", "reason.transformers.num_threads=2")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        backend = make_backend(ReasonSettings.from_config(cfg))
+        assert backend.name == "transformers" and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gguf_conversion_is_cached_and_reloaded(tmp_path, monkeypatch) -> None:
+    """The GGUF reader (a minute or more per parse) runs once per file content; later loads come
+    from the converted folder, with the same weights and tokenizer."""
+    import transformers
+
+    from mllmrec.reasoning.backends.transformers_backend import load_gguf_model
+
+    reads: list[str] = []
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+    real_model = transformers.AutoModelForCausalLM.from_pretrained
+
+    def fake_tokenizer(name, *args, **kwargs):
+        if kwargs.get("gguf_file"):
+            reads.append("tokenizer")
+            return tiny_gemma()[0]
+        return real_tokenizer(name, *args, **kwargs)
+
+    def fake_model(name, *args, **kwargs):
+        if kwargs.get("gguf_file"):
+            reads.append("model")
+            return tiny_gemma()[1]
+        return real_model(name, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF stand-in, version 1")
+    cache = tmp_path / "cache"
+
+    tokenizer, model = load_gguf_model(gguf, cache)
+    assert reads == ["tokenizer", "model"]
+    tokenizer2, model2 = load_gguf_model(gguf, cache)
+    assert reads == ["tokenizer", "model"]  # from the folder: no second GGUF parse
+    assert model2 is not model
+    reference = model.state_dict()
+    assert set(model2.state_dict()) == set(reference)
+    assert all(torch.equal(t, reference[name]) for name, t in model2.state_dict().items())
+    text = "<start_of_turn>user\nw1 w2<end_of_turn>\n"
+    assert tokenizer2(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+    # other file content: a new conversion, beside the first
+    gguf.write_bytes(b"GGUF stand-in, version 2")
+    load_gguf_model(gguf, cache)
+    assert reads == ["tokenizer", "model"] * 2
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # beside them: the writers' lock files

@@ -1,4 +1,5 @@
-"""The vLLM backend against a fake engine injected at the ``vllm.LLM`` boundary."""
+"""The vLLM backend against a fake engine injected at the ``vllm.LLM`` boundary (the real engine:
+the opt-in ``vllm_cpu`` tier, test_reasoning_vllm_cpu*.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import generation_key, image_prompt, run_reasoning
-from mllmrec.reasoning.backends.base import BackendNotInstalled
+from mllmrec.reasoning.backends.base import BackendError, BackendNotInstalled
+from mllmrec.reasoning.backends.vllm_backend import ALLOW_UNTESTED_ENV, check_vllm_version
 from mllmrec.reasoning.store import GenerationStore
 
 from reasoning_helpers import tiny_overrides
@@ -21,16 +23,23 @@ from reasoning_helpers import tiny_overrides
 class FakeLLM:
     """Records what the backend asks of ``vllm.LLM`` and answers like vLLM's ``RequestOutput``."""
 
-    instances: list["FakeLLM"] = []
+    instances: list[FakeLLM] = []
     fail_on_call: int | None = None  # raise on this chat call (1-based): a crash mid-run
 
     def __init__(self, **kwargs) -> None:
         self.kwargs = kwargs
         self.chats: list[tuple[list, list]] = []
+        self.chat_templates: list[str | None] = []
+        self.shutdowns = 0
+        self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=self._shutdown))
         FakeLLM.instances.append(self)
 
-    def chat(self, messages, sampling_params=None, use_tqdm=True):
+    def _shutdown(self) -> None:
+        self.shutdowns += 1
+
+    def chat(self, messages, sampling_params=None, use_tqdm=True, chat_template=None):
         self.chats.append((messages, sampling_params))
+        self.chat_templates.append(chat_template)
         if FakeLLM.fail_on_call == len(self.chats):
             raise RuntimeError("CUDA error: simulated crash")
         outputs = []
@@ -38,7 +47,7 @@ class FakeLLM:
             content = conversation[-1]["content"]
             if isinstance(content, list):
                 image = next(p["image_pil"] for p in content if p["type"] == "image_pil")
-                text = "a product whose colour is rgb{}".format(image.getpixel((0, 0)))
+                text = f"a product whose colour is rgb{image.getpixel((0, 0))}"
             else:
                 text = f"profile of a prompt with {len(content)} characters"
             ids = list(range(min(params.kwargs["max_tokens"], len(text.split()))))
@@ -47,7 +56,8 @@ class FakeLLM:
 
     def get_tokenizer(self):
         return SimpleNamespace(encode=lambda text, add_special_tokens=False: text.split(),
-                               decode=lambda ids, skip_special_tokens=True: " ".join(ids))
+                               decode=lambda ids, skip_special_tokens=True: " ".join(ids),
+                               convert_tokens_to_ids={"<end_of_turn>": 106}.get, unk_token_id=3)
 
 
 class FakeSamplingParams:
@@ -58,6 +68,7 @@ class FakeSamplingParams:
 @pytest.fixture
 def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
+    module.__version__ = "0.32.0"  # inside the tested range
     module.LLM = FakeLLM
     module.SamplingParams = FakeSamplingParams
     FakeLLM.instances, FakeLLM.fail_on_call = [], None
@@ -154,3 +165,113 @@ def test_resume_after_a_crash_mid_run_loses_and_duplicates_nothing(fake_vllm, ti
     assert frames["key"].is_unique and len(frames) == 3 + 3
     assert result.tables["image_descriptions"]["status"].tolist()[:3] == ["ok"] * 3
     assert set(result.tables["user_profiles"]["status"]) == {"ok"}
+
+
+@pytest.mark.parametrize("version", ["0.8.5", "0.31.9", "0.33.0", "1.0.0"])
+def test_untested_vllm_version_stops_with_the_range(fake_vllm, tiny_root, reason_cfg, monkeypatch, version) -> None:
+    monkeypatch.delenv(ALLOW_UNTESTED_ENV, raising=False)
+    fake_vllm.__version__ = version
+    with pytest.raises(BackendError) as err:
+        run_reasoning(vllm_cfg(reason_cfg, tiny_root))
+    message = str(err.value)
+    assert f"vLLM {version} is installed" in message and ">=0.32,<0.33" in message
+    assert ALLOW_UNTESTED_ENV in message and not FakeLLM.instances  # stopped before the engine
+
+
+@pytest.mark.parametrize("version", ["0.32.0", "0.32.1+cpu", "0.32.2rc1"])
+def test_tested_versions_pass(version) -> None:
+    assert check_vllm_version(types.SimpleNamespace(__version__=version), environ={}) == version
+
+
+def test_untested_version_runs_when_allowed(fake_vllm, tiny_root, reason_cfg, monkeypatch) -> None:
+    fake_vllm.__version__ = "0.40.0"
+    monkeypatch.setenv(ALLOW_UNTESTED_ENV, "1")
+    result = run_reasoning(vllm_cfg(reason_cfg, tiny_root))
+    assert set(result.tables["user_profiles"]["status"]) == {"ok"}
+
+
+def test_gguf_model_runs_from_its_converted_folder_with_gemma_turns(fake_vllm, tiny_root, reason_cfg,
+                                                                    tmp_path, monkeypatch) -> None:
+    import mllmrec.reasoning.backends.transformers_backend as tb
+
+    converted = tmp_path / "converted-folder"
+    seen: list[tuple] = []
+    monkeypatch.setattr(tb, "resolve_gguf", lambda spec: tmp_path / "model.gguf")
+    monkeypatch.setattr(tb, "gguf_as_folder", lambda path, cache: seen.append((path, cache)) or converted)
+    cfg = reason_cfg(*tiny_overrides(tiny_root, "mllm=gemma3_270m", "reason.backend=vllm",
+                                     f"reason.transformers.cache_dir={tmp_path / 'cache'}"))
+    run_reasoning(cfg)
+    engine = FakeLLM.instances[0]
+    assert seen == [(tmp_path / "model.gguf", tmp_path / "cache")]
+    assert engine.kwargs["model"] == str(converted) and "revision" not in engine.kwargs
+    assert engine.kwargs["kv_cache_memory_bytes"] == 1 << 30 and engine.kwargs["enforce_eager"] is True
+    assert engine.chat_templates and set(engine.chat_templates) == {tb.GEMMA_CHAT_TEMPLATE}
+    assert all(p.kwargs["stop_token_ids"] == [106] for _, params in engine.chats for p in params)
+    assert engine.shutdowns == 1  # the run closes the engine: its worker processes stop with it
+
+
+def test_gemma_chat_template_renders_gemma_prompt() -> None:
+    """The Jinja template (as chat templates are rendered) writes exactly ``<bos>`` + gemma_prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from mllmrec.reasoning.backends.base import Message
+    from mllmrec.reasoning.backends.transformers_backend import GEMMA_CHAT_TEMPLATE, gemma_prompt
+
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(GEMMA_CHAT_TEMPLATE)
+    chats = [
+        [Message("user", "Describe:\n  two lines")],
+        [Message("system", "Be brief."), Message("user", "u1"), Message("assistant", "a1"), Message("user", "u2")],
+    ]
+    for chat in chats:
+        rendered = template.render(messages=[{"role": m.role, "content": m.text} for m in chat],
+                                   bos_token="<bos>", add_generation_prompt=True)
+        assert rendered == "<bos>" + gemma_prompt(chat)
+
+
+RUN_WITH_ENGINE = """
+import os, subprocess, sys, time
+from mllmrec.reasoning.backends.vllm_backend import descendant_processes, start_orphan_guard
+# an "engine core" that starts its own "worker", as vLLM's does
+code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+engine = subprocess.Popen([sys.executable, "-c", code])
+while len(descendant_processes(os.getpid())) < 2:
+    time.sleep(0.05)
+processes = descendant_processes(os.getpid())
+start_orphan_guard(processes)
+print(" ".join(map(str, processes)), flush=True)
+time.sleep(600)
+"""
+
+
+def test_orphan_guard_kills_the_engine_processes_of_a_sigkilled_run(tmp_path) -> None:
+    """vLLM's engine core does not watch its parent: after `kill -9` of the run, the guard must
+    take the engine core and its worker down."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, "-c", RUN_WITH_ENGINE], stdout=subprocess.PIPE, text=True, env=env)
+    pids = [int(p) for p in run.stdout.readline().split()]
+    try:
+        assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(p) for p in pids):
+            time.sleep(0.1)
+        assert not [p for p in pids if _running(p)], "engine processes outlived the killed run"
+    finally:
+        for p in pids:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+        run.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -38,6 +38,7 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> sub
 def encode_demo(data_dir: Path) -> Path:
     """Generate + encode the small demo into ``data_dir`` (a no-op when its caches exist)."""
     from hydra.core.global_hydra import GlobalHydra
+
     from mllmrec.train.task import build_datamodule
 
     try:
@@ -266,3 +267,47 @@ def write_fake_sweep(root: Path, jobs: list[dict] | None = None, failed: bool = 
         scores = fake_scores(j["dataset"], j["variant"], j["mllm"], j["alpha"], j["kc"], j["d"], j["seed"])
         (folder / "metrics.json").write_text(json.dumps({"best_epoch": 3, **scores}), encoding="utf-8")
     return root
+
+
+def log_interval(log_path: str, record: dict) -> None:
+    """Append one JSON line to a log shared by processes (O_APPEND: lines never interleave)."""
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def hold_many(devices: list[str], lock_dir: str, job: str, count: int, duration: float, log_path: str) -> None:
+    """Child process of the multi-device lease tests: lease ``count`` devices together, hold them
+    ``duration`` s, log ``{job, devices, start, end, asked}`` to the shared log."""
+    import time
+
+    from mllmrec.sweep.lease import DeviceLease
+
+    asked = time.time()
+    with DeviceLease(devices, lock_dir, poll_s=0.01).acquire_many(count, timeout=120) as held:
+        start = time.time()
+        time.sleep(duration)
+        end = time.time()
+    log_interval(log_path, {"job": job, "devices": held, "start": start, "end": end, "asked": asked})
+
+
+def stream_small_jobs(devices: list[str], lock_dir: str, job: str, stop_file: str, duration: float,
+                      log_path: str) -> None:
+    """Child process: 1-device jobs back to back, each asking again at once, until ``stop_file`` exists."""
+    import time
+
+    from mllmrec.sweep.lease import DeviceLease
+
+    lease = DeviceLease(devices, lock_dir, poll_s=0.01)
+    n = 0
+    while not os.path.exists(stop_file):
+        asked = time.time()
+        with lease.acquire_many(1, timeout=120) as held:
+            start = time.time()
+            time.sleep(duration)
+            end = time.time()
+        log_interval(log_path, {"job": f"{job}.{n}", "devices": held, "start": start, "end": end, "asked": asked})
+        n += 1

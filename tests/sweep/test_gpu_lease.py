@@ -15,9 +15,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import HERE, die_holding_lease, hold_lease, launcher_records, max_concurrency, overlapping  # noqa: E402
-
 from mllmrec.sweep.lease import DeviceLease, resolve_gpus, visible_gpus  # noqa: E402
+
+from sweep_helpers import (  # noqa: E402
+    HERE,
+    die_holding_lease,
+    hold_lease,
+    hold_many,
+    launcher_records,
+    max_concurrency,
+    overlapping,
+    stream_small_jobs,
+)
 
 
 def _intervals_by_device(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -145,7 +154,7 @@ def test_gpus_launcher_gives_each_job_its_own_gpu(tmp_path):
     records = launcher_records(tmp_path / "sweep")
     assert {r["status"] for r in records} == {"COMPLETED"}
     assert max_concurrency([(r["start"], r["end"]) for r in records]) == 2
-    for device, intervals in _intervals_by_device(records).items():
+    for intervals in _intervals_by_device(records).values():
         assert overlapping(intervals) == []
 
 
@@ -170,3 +179,161 @@ def test_failing_and_killed_jobs_do_not_stop_the_sweep(tmp_path):
     output = result.stdout + result.stderr
     assert "6 of 8 sweep job(s) failed" in output
     assert "duration=0.3 fail=True kill=False]: RuntimeError: tiny job with duration=0.3 was asked to fail" in output
+
+
+# ---------------------------------------------------------------- leases of several devices at once
+def _intervals_per_device(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Device -> the (start, end) intervals of every job that held it (jobs may hold several)."""
+    by_device: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        for device in r["devices"]:
+            by_device.setdefault(device, []).append((r["start"], r["end"]))
+    return by_device
+
+
+def _read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_mixed_job_sizes_in_processes_never_share_a_device(tmp_path):
+    """Jobs of 1, 2, 3 and 4 GPUs with uneven durations, each in its own process, on 4 simulated
+    GPUs: every job runs, on as many distinct GPUs as it asked for, and no GPU is ever held by two
+    jobs at once (checked on a log of intervals the processes share)."""
+    ctx = mp.get_context("spawn")
+    devices = ["g0", "g1", "g2", "g3"]
+    jobs = [("a", 1, 0.6), ("b", 2, 0.3), ("c", 1, 0.1), ("d", 3, 0.4), ("e", 1, 0.05), ("f", 2, 0.5),
+            ("g", 1, 0.2), ("h", 4, 0.1), ("i", 2, 0.05), ("j", 1, 0.3)]
+    log_path = tmp_path / "intervals.jsonl"
+    procs = [ctx.Process(target=hold_many, args=(devices, str(tmp_path / "locks"), name, n, d, str(log_path)))
+             for name, n, d in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    records = {r["job"]: r for r in _read_log(log_path)}
+    assert set(records) == {name for name, _, _ in jobs}  # every job ran
+    for name, n, _ in jobs:
+        held = records[name]["devices"]
+        assert len(held) == n and len(set(held)) == n and set(held) <= set(devices), (name, held)
+    for device, intervals in _intervals_per_device(list(records.values())).items():
+        assert overlapping(intervals) == [], f"{device} held by two jobs at once"
+
+
+def test_a_big_job_is_not_starved_by_a_stream_of_small_ones(tmp_path):
+    """4 simulated GPUs kept busy by 6 threads that run 1-GPU jobs back to back (each asks again at
+    once): a 2-GPU job that asks meanwhile gets its pair soon. Small jobs that ask after it wait
+    behind it, so the number of small jobs that start between its request and its start is bounded
+    by the waiters already queued (6), not by how long the stream goes on."""
+    lease = DeviceLease(["g0", "g1", "g2", "g3"], tmp_path / "locks", poll_s=0.005)
+    stop = threading.Event()
+    records: list[dict] = []
+    guard = threading.Lock()
+
+    def run(job: str, count: int, duration: float) -> None:
+        asked = time.monotonic()
+        with lease.acquire_many(count, timeout=30) as held:
+            start = time.monotonic()
+            time.sleep(duration)
+            end = time.monotonic()
+        with guard:
+            records.append({"job": job, "devices": held, "asked": asked, "start": start, "end": end})
+
+    def stream(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            run(f"small{k}.{n}", 1, 0.02 + 0.01 * (k % 3))
+            n += 1
+
+    streams = [threading.Thread(target=stream, args=(k,)) for k in range(6)]
+    for t in streams:
+        t.start()
+    time.sleep(0.3)  # the stream is in full flow
+    big = threading.Thread(target=run, args=("big", 2, 0.1))
+    big.start()
+    big.join(30)
+    time.sleep(0.3)  # the stream goes on after the big job
+    stop.set()
+    for t in streams:
+        t.join(30)
+    by_job = {r["job"]: r for r in records}
+    assert "big" in by_job, "the 2-GPU job never got its GPUs"
+    b = by_job["big"]
+    assert len(set(b["devices"])) == 2
+    # (10 ms of slack: a thread switch between noting the time and taking a ticket may reorder two
+    # requests made at the same moment)
+    overtaking = [r for r in records
+                  if r["job"] != "big" and b["asked"] + 0.01 < r["asked"] and r["start"] < b["start"]]
+    assert overtaking == [], f"{len(overtaking)} small jobs that asked later started first"
+    jumped = [r for r in records if r["job"] != "big" and b["asked"] < r["start"] < b["start"]]
+    assert len(jumped) <= 6, f"{len(jumped)} small jobs started while the big one waited"
+    assert sum(r["start"] > b["end"] for r in records) > 6  # the stream really went on afterwards
+    for device, intervals in _intervals_per_device(records).items():
+        assert overlapping(intervals) == [], f"{device} held twice at once"
+
+
+def test_a_big_job_is_not_starved_across_processes(tmp_path):
+    """The same across processes (the gate is a lock file): 4 processes stream 1-GPU jobs on 4
+    simulated GPUs, so a GPU is never idle for long; a 2-GPU job in a fifth process still gets two
+    GPUs together, and while it holds them the stream keeps to the other two."""
+    ctx = mp.get_context("spawn")
+    devices, locks = ["g0", "g1", "g2", "g3"], str(tmp_path / "locks")
+    log_path, stop_file = tmp_path / "intervals.jsonl", tmp_path / "stop"
+    streams = [ctx.Process(target=stream_small_jobs, args=(devices, locks, f"s{k}", str(stop_file), 0.05, str(log_path)))
+               for k in range(4)]
+    for p in streams:
+        p.start()
+    deadline = time.time() + 60
+    while (not log_path.exists() or len(_read_log(log_path)) < 20) and time.time() < deadline:
+        time.sleep(0.05)  # wait until the stream flows (process start-up takes a while)
+    big = ctx.Process(target=hold_many, args=(devices, locks, "big", 2, 0.3, str(log_path)))
+    big.start()
+    big.join(60)
+    time.sleep(0.3)
+    stop_file.touch()
+    for p in streams:
+        p.join(60)
+    assert big.exitcode == 0, "the 2-GPU job did not get two GPUs within 120 s"
+    records = _read_log(log_path)
+    b = next(r for r in records if r["job"] == "big")
+    assert b["start"] - b["asked"] < 10
+    # the gate is an OS lock, not a queue: small jobs may pass the big one only while it competes
+    # for the gate; once it holds the gate, no freed GPU goes elsewhere. Without the gate it would
+    # have to find two GPUs free at the same moment, which a busy stream rarely leaves.
+    jumped = [r for r in records if r["job"] != "big" and b["asked"] < r["start"] < b["start"]]
+    assert len(jumped) <= 40, f"{len(jumped)} small jobs started while the big one waited"
+    during = [r for r in records if r["job"] != "big" and r["start"] < b["end"] and r["end"] > b["start"]]
+    assert during, "the stream stopped while the big job ran: not a test of starvation"
+    assert all(not set(r["devices"]) & set(b["devices"]) for r in during)
+    for device, intervals in _intervals_per_device(records).items():
+        assert overlapping(intervals) == [], f"{device} held twice at once"
+
+
+def test_asking_for_more_devices_than_leased_is_an_error_not_a_wait(tmp_path):
+    lease = DeviceLease(["g0", "g1"], tmp_path / "locks")
+    with pytest.raises(ValueError, match="asks for 3 device"):
+        with lease.acquire_many(3, timeout=1):
+            pass
+
+
+@pytest.mark.slow
+def test_gpus_launcher_leases_each_job_its_gpus_per_job(tmp_path):
+    """Jobs asking for 1, 2 or 3 GPUs (the app's gpus_per_job key, resolved per job by the launcher's
+    default interpolation) on 4 simulated GPUs: each job's process sees exactly as many distinct GPU
+    ids in CUDA_VISIBLE_DEVICES, and no GPU runs two jobs at once; a job asking for more GPUs than
+    the launcher has fails alone, with the reason in the end report."""
+    result = _tiny_sweep(tmp_path, "hydra.launcher.gpus=[g0,g1,g2,g3]", "duration=0.1,0.7,0.3",
+                         "gpus_per_job=1,2,3,5")
+    assert result.returncode != 0  # the gpus_per_job=5 jobs
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("job-*.json")]
+    assert sorted((j["gpus_per_job"], j["duration"]) for j in jobs) == sorted(
+        (n, d) for n in (1, 2, 3) for d in (0.1, 0.7, 0.3))
+    for j in jobs:
+        ids = j["device"].split(",")
+        assert len(set(ids)) == j["gpus_per_job"] and set(ids) <= {"g0", "g1", "g2", "g3"}, j
+        j["devices"] = ids
+    for device, intervals in _intervals_per_device(jobs).items():
+        assert overlapping(intervals) == [], f"two jobs on {device} at once"
+    failures = json.loads((tmp_path / "sweep" / "failures.json").read_text())
+    assert len(failures) == 3 and all("needs 5 GPUs together" in f["message"] for f in failures)
+    assert "3 of 12 sweep job(s) failed" in result.stdout + result.stderr

@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import FAST_JOB, NO_PLOTS, encoded_data_dir, run_train  # noqa: E402, F401
-
 from mllmrec.sweep.optuna_search import Param, encode_value, open_study, run_study, search_space  # noqa: E402
+
+from sweep_helpers import FAST_JOB, NO_PLOTS, encoded_data_dir, run_train  # noqa: E402, F401
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

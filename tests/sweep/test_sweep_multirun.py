@@ -21,7 +21,8 @@ def sweep(tmp_path_factory, encoded_data_dir):
     root = tmp_path_factory.mktemp("multirun")
     sweep_dir = root / "multirun" / "grid"
     args = ["-m", "hydra/launcher=gpus", "hydra.launcher.gpus=0", "hydra.launcher.cpu_workers=2",
-            f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={encoded_data_dir}", *FAST_JOB, *GRID]
+            f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={encoded_data_dir}", *FAST_JOB, *GRID,
+            "callbacks=tsne"]  # the opt-in t-SNE figure is checked below
     result = run_train(args, cwd=root)
     return root, sweep_dir, args, result
 
@@ -78,7 +79,7 @@ def test_a_failing_job_does_not_stop_the_others_and_is_reported(sweep):
     output = result.stdout + result.stderr
     assert result.returncode != 0  # the sweep as a whole reports the failure
     assert "1 of 3 sweep job(s) failed" in output
-    assert "graph.kc=-1]: ConfigError: graph.kc=-1: K_c must be >= 0" in output
+    assert "graph.kc=-1]: ConfigError: graph.kc=-1: k_c must be an integer >= 0" in output
     failures = json.loads((sweep_dir / "failures.json").read_text())
     assert [f["error_type"] for f in failures] == ["ConfigError"]
     assert "graph.kc=-1" in failures[0]["overrides"]

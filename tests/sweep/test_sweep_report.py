@@ -15,12 +15,19 @@ from scipy.stats import ttest_rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import FAKE_SEEDS, ROOT, fake_scores, write_fake_sweep  # noqa: E402
-
 from mllmrec.report import (  # noqa: E402
-    alpha_kc_grid, best_by_validation, build_report, layout_table, load_jobs, paired_ttest, reference_variant,
+    alpha_kc_grid,
+    best_by_validation,
+    build_report,
+    config_keys,
+    layout_table,
+    load_jobs,
+    paired_ttest,
+    reference_variant,
     summarize,
 )
+
+from sweep_helpers import FAKE_SEEDS, ROOT, fake_scores, write_fake_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +159,38 @@ def test_a_missing_sweep_dir_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path / "nope")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not a folder" in result.stderr
+
+
+def test_table4_reports_all_four_metrics_of_one_validation_selected_configuration(summary):
+    """Per MLLM and dataset, the configuration with the best mean validation Recall@20 (the fake
+    sweep's validation prefers (0.7, 10), its test (0.5, 5)); every metric of the cell is that
+    configuration's test mean ± std over seeds; the w/o RS ablation is not an MLLM's result."""
+    from mllmrec.report import selected_table
+
+    table = selected_table(summary, "mllm.name")
+    assert list(table.index) == ["gemma3_27b", "qwen25vl"]
+    assert list(table.columns[:6]) == ["baby R@10", "baby R@20", "baby N@10", "baby N@20", "baby config", "baby seeds"]
+    for dataset in ("baby", "sports"):
+        assert table.loc["gemma3_27b", f"{dataset} config"] == "graph.alpha=0.7, graph.kc=10, model.d=64"
+        for metric, short in (("recall@10", "R@10"), ("recall@20", "R@20"), ("ndcg@10", "N@10"), ("ndcg@20", "N@20")):
+            values = np.array([fake_scores(dataset, "MLLMRec", "gemma3_27b", 0.7, 10, 64, s)["test"][metric]
+                               for s in FAKE_SEEDS])
+            assert table.loc["gemma3_27b", f"{dataset} {short}"] == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+        assert table.loc["gemma3_27b", f"{dataset} seeds"] == "3"
+
+
+def test_interpolated_copies_of_the_seed_do_not_split_configurations(tmp_path):
+    """A real job's config holds data.seed: ${seed}; the summary must still average over seeds."""
+    from omegaconf import OmegaConf
+
+    jobs = [dict(dataset="baby", variant="MLLMRec", mllm="gemma3_27b", alpha=a, kc=10, d=64, seed=s)
+            for a in (0.5, 0.7) for s in FAKE_SEEDS]
+    sweep = write_fake_sweep(tmp_path / "s", jobs, failed=False)
+    for config in sweep.glob("*/.hydra/config.yaml"):
+        cfg = OmegaConf.load(config)
+        cfg.data.seed = "${seed}"
+        OmegaConf.save(cfg, config)
+    jobs_frame, _ = load_jobs(sweep)
+    assert "data.seed" in jobs_frame and "data.seed" not in config_keys(jobs_frame)
+    summary = summarize(jobs_frame)
+    assert len(summary) == 2 and set(summary["n"]) == {3}

@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import compose_train  # noqa: E402
-
 from mllmrec.sweep.failures import JobFailure, failure_from_exception  # noqa: E402
 from mllmrec.sweep.resume import finished_summary  # noqa: E402
 from mllmrec.train.fingerprint import config_fingerprint  # noqa: E402
 from mllmrec.train.job import job_context  # noqa: E402
+
+from sweep_helpers import compose_train  # noqa: E402
 
 
 def _cfg(tmp_path: Path, *overrides: str, out: str = "job"):

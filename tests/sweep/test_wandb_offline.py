@@ -1,4 +1,4 @@
-"""logger=wandb: offline unless W&B can work, one run per job (grouped by sweep, named by its
+"""logger=wandb: offline unless W&B can work, one run per job (grouped by sweep, dataset and MLLM, named by its
 overrides) holding the per-epoch metrics, the final table, graph statistics and the figures."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_helpers import SMALL_DEMO, compose_train, encoded_data_dir, read_wandb_records  # noqa: E402, F401
-
 from mllmrec.train.loggers import wandb_mode  # noqa: E402
+
+from sweep_helpers import SMALL_DEMO, compose_train, encoded_data_dir, read_wandb_records  # noqa: E402, F401
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_offline_run_of_a_sweep_job_holds_metrics_table_and_figures(tmp_path, mo
     out = tmp_path / "sweep" / "graph.alpha=0.6"
     cfg = compose_train(
         [f"paths.data_dir={encoded_data_dir}", *SMALL_DEMO, "trainer.max_epochs=2", "logger=wandb",
-         "callbacks.progress_bar=null", "compare_popularity=false", "graph.alpha=0.6"],
+         "callbacks.progress_bar=null", "compare_popularity=false", "graph.alpha=0.6", "callbacks=tsne"],
         out, mode=RunMode.MULTIRUN, sweep__dir=str(tmp_path / "sweep"), job__override_dirname="graph.alpha=0.6",
     )
     with job_context(cfg):
@@ -99,7 +99,8 @@ def test_offline_run_of_a_sweep_job_holds_metrics_table_and_figures(tmp_path, mo
     [run_dir] = (out / "wandb").glob("offline-run-*")
     records = _finished_records(next(run_dir.glob("run-*.wandb")))
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    assert run.run_group == "sweep" and run.display_name == "graph.alpha=0.6"
+    assert run.run_group == "sweep/demo/none" and run.display_name == "graph.alpha=0.6"
+    assert {"dataset:demo", "mllm:none"} <= set(run.tags)
     config = {k: v for update in _values(records, "config") for k, v in update.items()}
     assert config["graph"]["alpha"] == 0.6 and config["graph"]["kc"] == 10  # resolved, not ${...}
     history = _values(records, "history")

@@ -20,6 +20,7 @@ class TinyConf:
     out: str = "???"
     fail: bool = False  # raise an exception (a job that fails)
     kill: bool = False  # SIGKILL itself (a job that crashes hard, e.g. OOM-killed)
+    gpus_per_job: int = 1  # what the gpus launcher leases for this job (its default reads this key)
 
 
 ConfigStore.instance().store(name="tiny", node=TinyConf)
@@ -34,7 +35,8 @@ def main(cfg) -> float:
     if cfg.kill:
         os.kill(os.getpid(), signal.SIGKILL)
     record = {"device": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ.get("OMP_NUM_THREADS"),
-              "start": start, "end": time.time(), "pid": os.getpid(), "duration": cfg.duration}
+              "start": start, "end": time.time(), "pid": os.getpid(), "duration": cfg.duration,
+              "gpus_per_job": cfg.gpus_per_job}
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     Path(cfg.out, f"job-{os.getpid()}.json").write_text(json.dumps(record), encoding="utf-8")
     return cfg.duration

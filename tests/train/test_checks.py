@@ -39,6 +39,9 @@ def no_data_loads(monkeypatch):
         ("+graph.alpah=0.5", "graph.alpah: not a setting of mllmrec.graph.GraphSpec (did you mean 'alpha'?)"),
         ("graph.alpha=1.5", "graph.alpha=1.5: alpha must be a real number in [-1, 1]"),
         ("graph.ks=0", "graph.ks=0: k_s must be an integer >= 1"),
+        ("graph.knn=annoy", "graph.knn='annoy': knn_method must be one of exact, faiss, auto"),
+        ("graph.ann.probes=0", "graph.ann.probes must be an integer >= 1, got 0"),
+        ("+graph.ann.probe=3", "graph.ann.probe is not a setting; the settings are"),
         ("encoder.batch_size=0", "encoder.batch_size=0: must be an integer >= 1"),
         ("+model.optimizer.betass=[0.9,0.99]", "model.optimizer.betass: not a parameter of Adam (did you mean 'betas'?)"),
     ],
@@ -73,13 +76,13 @@ def test_graph_alpha_has_one_name_from_cli_to_the_build(train_cfg, monkeypatch):
 
     seen = {}
 
-    def fake_build(features, interactions, k_s, alpha, k_c, cache_dir=None):
-        seen.update(alpha=alpha, k_s=k_s, k_c=k_c)
+    def fake_build(features, interactions, k_s, alpha, k_c, cache_dir=None, *, knn_method, ann_params):
+        seen.update(alpha=alpha, k_s=k_s, k_c=k_c, knn=knn_method, probes=ann_params.probes)
         raise DatasetError("stop here")
 
     monkeypatch.setattr(datamodule, "build_refined_item_graph", fake_build)
-    cfg = train_cfg("graph.alpha=0.55", "graph.kc=3")
+    cfg = train_cfg("graph.alpha=0.55", "graph.kc=3", "graph.knn=exact", "graph.ann.probes=7")
     assert "graph" not in cfg.data and "alpha" not in str(cfg.data)
     with pytest.raises(DatasetError, match="stop here"):
         train(cfg)
-    assert seen == {"alpha": 0.55, "k_s": 10, "k_c": 3}
+    assert seen == {"alpha": 0.55, "k_s": 10, "k_c": 3, "knn": "exact", "probes": 7}

@@ -6,7 +6,8 @@ Design (the issue's pitfalls, and why this is not a joblib config):
   ``CUDA_VISIBLE_DEVICES=<its GPU>``; loky reuses its workers, so a job there cannot choose its GPU
   once CUDA is initialised (joblib#1064).
 * A job takes a GPU through a **lease** (:class:`mllmrec.sweep.lease.DeviceLease`: a lock file per GPU)
-  and gives it back when its process ends, so uneven job durations cannot put two jobs on one GPU
+  and gives it back when its process ends; a job whose ``hydra.launcher.gpus_per_job`` (resolved in
+  the job's own config, e.g. an MLLM's tensor parallel size) is ``n`` leases ``n`` GPUs together, so uneven job durations cannot put two jobs on one GPU
   (the ``job.num % n_gpus`` collision). The locks are OS locks under ``lock_dir``, so other sweeps
   using the same folder (e.g. several Optuna workers) share the GPUs safely too.
 * Without GPUs it runs ``cpu_workers`` CPU jobs at once, each limited to ``cores / workers`` threads.
@@ -59,12 +60,15 @@ class GpuLauncher(Launcher):
         threads_per_job: int | None = None,
         lock_dir: str | None = None,
         poll_s: float = 0.5,
+        gpus_per_job: Any = 1,
     ) -> None:
         self.gpus = gpus
         self.cpu_workers = cpu_workers
         self.threads_per_job = threads_per_job
         self.lock_dir = lock_dir
         self.poll_s = poll_s
+        # the launch-level value; an interpolation in the config is resolved per job (_gpus_for)
+        self.gpus_per_job = gpus_per_job
         # sweepers that report failures themselves (the Optuna sweeper) switch this off
         self.report_failures = True
         self.config: DictConfig | None = None
@@ -74,6 +78,7 @@ class GpuLauncher(Launcher):
         self._lease: Any = None
         self._procs: set[subprocess.Popen] = set()
         self._guard = threading.Lock()
+        self._compose_guard = threading.Lock()  # Hydra's config loader is not known to be thread-safe
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -124,7 +129,7 @@ class GpuLauncher(Launcher):
         work_dir.mkdir(parents=True, exist_ok=True)
         slots, devices = self.n_slots(), self.devices()
         lease = self._lease_for(sweep_dir)
-        where = f"GPUs {devices} (one job per GPU)" if devices else f"CPU ({slots} at once, {self._threads()} threads each)"
+        where = f"GPUs {devices} (each job leases its gpus_per_job)" if devices else f"CPU ({slots} at once, {self._threads()} threads each)"
         log.info("Launching %d job(s) on %s; sweep dir %s", len(job_overrides), where, sweep_dir)
         for i, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
@@ -151,11 +156,50 @@ class GpuLauncher(Launcher):
             self._report(results, sweep_dir)
         return results
 
+    def _gpus_for(self, overrides: list[str]) -> int:
+        """How many GPUs this job leases: ``hydra.launcher.gpus_per_job`` of the job's own config.
+
+        A plain number applies to every job as it is; an interpolation (the default reads the app's
+        ``gpus_per_job`` key, e.g. ``${mllm.vllm.tensor_parallel_size}`` in reason.yaml) is resolved
+        in the config this job will run with, so ``mllm=gemma3_27b`` jobs can lease 2 and the others 1.
+        """
+        from omegaconf import OmegaConf
+
+        assert self.config is not None and self.hydra_context is not None
+        node = self.config.hydra.launcher
+        if "gpus_per_job" not in node:
+            value: Any = 1
+        elif not OmegaConf.is_interpolation(node, "gpus_per_job"):
+            value = node.gpus_per_job
+        else:
+            with self._compose_guard:
+                job_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            value = job_config.hydra.launcher.gpus_per_job
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"hydra.launcher.gpus_per_job must resolve to an integer >= 1, got {value!r}")
+        return value
+
     def _run_one(self, idx: int, overrides: list[str], common: Path, lease: Any, work_dir: Path) -> JobReturn:
         job_file = common.with_name(f"job{idx}.json")
         result_file = common.with_name(f"job{idx}.result.pkl")
         job_file.write_text(json.dumps({"idx": idx, "overrides": overrides}), encoding="utf-8")
-        with (lease.acquire() if lease is not None else nullcontext(None)) as device:
+        if lease is not None:
+            try:
+                count = self._gpus_for(overrides)
+                if count > len(lease.devices):
+                    raise ValueError(
+                        f"the job needs {count} GPUs together (hydra.launcher.gpus_per_job) but the launcher "
+                        f"has {len(lease.devices)}: {lease.devices}. Give it more (hydra.launcher.gpus) or "
+                        "lower the job's need (e.g. mllm.vllm.tensor_parallel_size)."
+                    )
+            except Exception as err:  # a bad request fails this job only, before it waits for GPUs
+                from mllmrec.sweep.failures import failure_from_exception
+
+                ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
+                ret.return_value = failure_from_exception(idx, overrides, err)
+                return ret
+        with (lease.acquire_many(count) if lease is not None else nullcontext(None)) as held:
+            device = ",".join(held) if held is not None else None
             env = dict(os.environ)
             # set before the job's process starts: CUDA reads it once, at initialisation
             env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
@@ -176,7 +220,7 @@ class GpuLauncher(Launcher):
                     self._procs.discard(proc)
             ended = time.time()
         ret = self._result(idx, overrides, result_file, code)
-        record = {"job": idx, "device": device, "start": started, "end": ended, "exit_code": code,
+        record = {"job": idx, "device": device, "devices": held, "start": started, "end": ended, "exit_code": code,
                   "status": ret.status.name, "overrides": overrides}
         with self._guard, open(work_dir / "jobs.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from mllmrec.data.checks import check_id_ranges
 from mllmrec.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def interaction_data_from_frame(
     users = frame["user"].to_numpy(np.int64)
     items = frame["item"].to_numpy(np.int64)
     labels = frame["x_label"].to_numpy(np.int64)
+    check_id_ranges(users, items, origin)  # before anything is sized by max id + 1
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     shape = (n_users, n_items)
 

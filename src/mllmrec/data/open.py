@@ -68,9 +68,11 @@ def check_dataset(dataset: Mapping[str, Any], *, user_features: bool = True) -> 
         return  # made on first use
     layout = DatasetLayout(root)
     if not layout.manifest.is_file():
+        # dataset=custom: the config group is "custom" whatever dataset.name says
+        command = (f"python prepare.py dataset=custom dataset.name={name} dataset.interactions=<file> "
+                   "[dataset.items=<file>]" if "interactions" in dataset else f"python prepare.py dataset={name}")
         raise DatasetError(
-            f"dataset={name}: no processed dataset at {layout.processed}. "
-            f"Create it with `python prepare.py dataset={name}`."
+            f"dataset={name}: no processed dataset at {layout.processed}. Create it with `{command}`."
         )
 
 

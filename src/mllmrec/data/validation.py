@@ -93,10 +93,16 @@ def load_feature_matrix(path: Path, n_rows: int, what: str) -> np.ndarray:
             f"{what} features: file {path} does not exist. Set the file name in the dataset config "
             "or produce it (reason/encode stages)."
         )
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{what} features: {path} is empty (0 bytes): an interrupted copy or export? "
+                           "Copy or recompute the file.")
     try:
         mm = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise DatasetError(f"{what} features: {path} is not a plain .npy array ({err}).") from err
+    except (EOFError, OSError) as err:  # truncated header or data: the memory map cannot cover it
+        raise DatasetError(f"{what} features: {path} is truncated or corrupt ({type(err).__name__}: {err}). "
+                           "Copy or recompute the file.") from err
     if mm.ndim != 2:
         raise DatasetError(f"{what} features: {path} must be 2-D [rows, dim], has shape {mm.shape}.")
     if mm.shape[0] != n_rows:

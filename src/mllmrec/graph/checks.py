@@ -73,6 +73,25 @@ def _binary_interactions(name: str, value: Any) -> sp.csr_matrix:
     return sp.csr_matrix((csr.data, csr.indices, csr.indptr), shape=csr.shape, dtype=np.int32)
 
 
+# function-level imports: graph.ann builds on graph.knn, which checks its arguments here
+def _knn_method(name: str, value: Any) -> str:
+    from mllmrec.graph.ann import KNN_METHODS
+
+    if value not in KNN_METHODS:
+        raise ValueError(f"{name} must be one of {', '.join(KNN_METHODS)}, got {value!r}")
+    return str(value)
+
+
+def _ann_params(name: str, value: Any) -> Any:
+    from mllmrec.graph.ann import AnnParams
+
+    if value is None:
+        return AnnParams()
+    if not isinstance(value, AnnParams):
+        raise ValueError(f"{name} must be a mllmrec.graph.AnnParams or None, got {type(value).__name__}")
+    return value
+
+
 # One rule per argument name. k_c = 0 is "no co-occurrence graph" (the ablation) everywhere.
 _RULES: dict[str, Callable[[str, Any], Any]] = {
     "features": _features,
@@ -82,6 +101,8 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "k_c": _integer(0),
     "layers": _integer(0),
     "chunk_size": _integer(1),
+    "knn_method": _knn_method,
+    "ann": _ann_params,
 }
 
 
@@ -90,8 +111,9 @@ def check_args(**arguments: Any) -> dict[str, Any]:
 
     ``features`` -> the tensor itself (dense, floating, finite, ``[I, d]``); ``interactions`` -> a
     binary int32 CSR copy ``[U, I]``; ``k_s >= 1``, ``k_c >= 0``, ``layers >= 0``, ``chunk_size >= 1``
-    -> ``int``; ``alpha`` in ``[-1, 1]`` -> ``float``. Given both, ``interactions`` must have as many
-    item columns as ``features`` has rows. A bad value raises :class:`ValueError` naming the argument.
+    -> ``int``; ``alpha`` in ``[-1, 1]`` -> ``float``; ``knn_method`` one of ``exact``, ``faiss``,
+    ``auto``; ``ann`` an :class:`~mllmrec.graph.ann.AnnParams` (None -> the defaults). Given both,
+    ``interactions`` must have as many item columns as ``features`` has rows. A bad value raises :class:`ValueError` naming the argument.
     """
     unknown = sorted(set(arguments) - set(_RULES))
     if unknown:  # a programming error inside the package, not a user input

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from mllmrec.cache import build_once, stable_hash
-from mllmrec.graph import knn
+from mllmrec.graph import ann, knn
+from mllmrec.graph.ann import AnnParams
 from mllmrec.graph.checks import check_args
 from mllmrec.graph.topk import to_sparse
 
@@ -40,7 +41,8 @@ GRAPH_CODE_VERSION = "refined-item-graph-v2"
 class GraphBuildStatistics:
     """What one build of :func:`build_refined_item_graph` did, step by step (for logs and Fig. 1b).
 
-    ``k_s``, ``alpha``, ``k_c``: the parameters of the build. ``items``; ``knn_edges`` (top-``K_s``
+    ``k_s``, ``alpha``, ``k_c``: the parameters of the build; ``knn``: the semantic search that ran
+    (``exact`` or ``faiss``; entries written before it was recorded were exact). ``items``; ``knn_edges`` (top-``K_s``
     semantic edges before alpha pruning, ``I * min(K_s, I)``); ``alpha_kept`` / ``alpha_pruned`` (of
     those, edges with similarity ``>=`` / ``<`` alpha); ``self_loops`` (of the final graph; only ``S~``
     has any); ``cooccurrence_edges`` (``nnz(C~)``); ``overlap_edges`` (pairs in both ``S~`` and ``C~``);
@@ -68,10 +70,11 @@ class GraphBuildStatistics:
     out_degree_min: int
     out_degree_max: int
     knn_similarities: np.ndarray = field(repr=False)
+    knn: str = "exact"
 
     def counts(self) -> dict[str, int | float]:
         """The edge counts and degrees (every field but the parameters and the similarities)."""
-        skip = {"k_s", "alpha", "k_c", "knn_similarities"}
+        skip = {"k_s", "alpha", "k_c", "knn", "knn_similarities"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -89,9 +92,14 @@ def _add_graphs(semantic: Tensor, cooccurrence: Tensor | None) -> Tensor:
     return (semantic + cooccurrence.to(semantic.device)).coalesce()
 
 
-def _build(features: Tensor, binary: sp.csr_matrix, k_s: int, alpha: float, k_c: int) -> RefinedGraph:
-    """:func:`build_refined_item_graph` on checked arguments, without cache."""
-    semantic_knn = knn.semantic_knn(features, k_s, knn.DEFAULT_SEMANTIC_CHUNK)
+def _build(
+    features: Tensor, binary: sp.csr_matrix, k_s: int, alpha: float, k_c: int, method: str, ann_params: AnnParams
+) -> RefinedGraph:
+    """:func:`build_refined_item_graph` on checked arguments (``method`` resolved), without cache."""
+    if method == "faiss":
+        semantic_knn = ann.approximate_semantic_knn(features, k_s, ann_params, knn.DEFAULT_SEMANTIC_CHUNK)
+    else:
+        semantic_knn = knn.semantic_knn(features, k_s, knn.DEFAULT_SEMANTIC_CHUNK)
     semantic = knn.semantic_from_knn(semantic_knn, alpha)
     cooccurrence = None
     if k_c > 0:
@@ -122,6 +130,7 @@ def _build(features: Tensor, binary: sp.csr_matrix, k_s: int, alpha: float, k_c:
         out_degree_max=0 if n == 0 else int(out_degree.max()),
         knn_similarities=semantic_knn.scores[semantic_knn.rows != semantic_knn.cols].cpu().numpy()
         .astype(np.float32),
+        knn=method,
     )
     return RefinedGraph(final, statistics)
 
@@ -155,6 +164,9 @@ def build_refined_item_graph(
     alpha: float,
     k_c: int,
     cache_dir: str | Path | None = None,
+    *,
+    knn_method: str = "exact",
+    ann_params: AnnParams | None = None,
 ) -> RefinedGraph:
     r"""The refined item-item graph ``S* = S~ + C~`` (Eq. 10, before normalisation) and its statistics.
 
@@ -164,10 +176,17 @@ def build_refined_item_graph(
     co-occurrence graph (the ablation), so ``S* = S~``. ``interactions`` must be the TRAINING
     interactions only.
 
+    ``knn_method`` picks the semantic kNN search: ``exact`` (every pair), ``faiss`` (approximate,
+    :func:`~mllmrec.graph.ann.approximate_semantic_knn` with ``ann_params``: the same semantics, self
+    first and alpha on exact cosines, but a true neighbour can be missed) or ``auto`` (``faiss`` from
+    ``ann_params.min_items`` items on, ``exact`` below). The co-occurrence graph is always exact.
+
     With ``cache_dir`` the result is stored there and reused while its inputs are unchanged: the file
     name carries a hash of the features (as the float32 values the graph is computed from), the
-    binarised interactions, ``(k_s, alpha, k_c)`` and :data:`GRAPH_CODE_VERSION`; a change in any of
-    them yields a new key and thus a rebuild. The graph and its statistics are one file, written
+    binarised interactions, ``(k_s, alpha, k_c)``, :data:`GRAPH_CODE_VERSION` and, for an approximate
+    search, its method and resolved parameters (:meth:`AnnParams.cache_key`); a change in any of them
+    yields a new key and thus a rebuild (an exact graph's key is the same whether asked for as
+    ``exact`` or through ``auto``). The graph and its statistics are one file, written
     atomically; a file lock makes concurrent callers build once (see :mod:`mllmrec.cache`);
     ``<file>.meta.json`` records how the entry was made. A cache hit does no kNN work.
 
@@ -176,20 +195,28 @@ def build_refined_item_graph(
         interactions: binary training interactions ``R``.
         k_s: ``K_s >= 1``. alpha: threshold in ``[-1, 1]``. k_c: ``K_c >= 0``.
         cache_dir: folder of the graph cache, or None to build without caching.
+        knn_method: ``exact``, ``faiss`` or ``auto`` (``graph.knn``).
+        ann_params: the approximate search's settings (``graph.ann.*``); None = the defaults.
 
     Shapes:
         - **input:** features ``[I, d]``, interactions ``[U, I]``
         - **output:** graph: coalesced sparse COO float32 ``[I, I]`` on ``features.device``.
     """
-    args = check_args(features=features, interactions=interactions, k_s=k_s, alpha=alpha, k_c=k_c)
+    args = check_args(features=features, interactions=interactions, k_s=k_s, alpha=alpha, k_c=k_c,
+                      knn_method=knn_method, ann=ann_params)
     features, binary = args["features"], args["interactions"]
-    k_s, alpha, k_c = args["k_s"], args["alpha"], args["k_c"]
+    k_s, alpha, k_c, ann_params = args["k_s"], args["alpha"], args["k_c"], args["ann"]
+    method = ann.resolve_knn_method(args["knn_method"], features.shape[0], ann_params)
+    if method == "faiss":
+        ann.require_faiss()  # before hashing or building anything
     if cache_dir is None:
-        return _build(features, binary, k_s, alpha, k_c)
+        return _build(features, binary, k_s, alpha, k_c, method, ann_params)
     features_hash = stable_hash(features.detach().to(torch.float32).cpu())
     interactions_hash = stable_hash(binary)
     # plain int/float (checked above) so that e.g. numpy scalars and Python numbers give the same key
-    params = {"k_s": k_s, "alpha": alpha, "k_c": k_c}
+    params: dict[str, object] = {"k_s": k_s, "alpha": alpha, "k_c": k_c}
+    if method != "exact":  # exact keys stay those of the entries written before ANN existed
+        params.update(knn=method, ann=ann_params.cache_key(features.shape[0]))
     key = stable_hash(GRAPH_CODE_VERSION, features_hash, interactions_hash, params)
     path = Path(cache_dir) / f"refined_item_graph-{key}.pt"
     meta = {
@@ -201,7 +228,8 @@ def build_refined_item_graph(
         **params,
     }
     built, _ = build_once(
-        path, build=lambda: _build(features, binary, k_s, alpha, k_c), save=_save, load=_load, meta=meta
+        path, build=lambda: _build(features, binary, k_s, alpha, k_c, method, ann_params), save=_save,
+        load=_load, meta=meta,
     )
     return RefinedGraph(built.graph.to(features.device), built.statistics)
 

@@ -7,8 +7,12 @@ its cache key read it as it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from mllmrec.errors import ConfigError
+from mllmrec.graph.ann import AnnParams, require_faiss
 from mllmrec.graph.checks import check_args
 
 __all__ = ["GraphSpec", "ITEM_GRAPH_CHOICES"]
@@ -19,7 +23,7 @@ ITEM_GRAPH_CHOICES = ("own", "refined")
 
 
 #: config key -> the graph package's argument name (whose one rule, in :mod:`.checks`, applies)
-_ARGUMENTS = {"ks": "k_s", "alpha": "alpha", "kc": "k_c", "layers": "layers"}
+_ARGUMENTS = {"ks": "k_s", "alpha": "alpha", "kc": "k_c", "layers": "layers", "knn": "knn_method"}
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,18 @@ class GraphSpec:
         kc: K_c, co-occurrence (Jaccard) neighbours per item, >= 0 (0 = none).
         layers: L, propagation depth over the graph, >= 0 (0 = no item-item graph). Not part of the
             graph itself, so not of its cache key.
+        knn: the semantic kNN search: ``exact``, ``faiss`` (approximate, needs ``pip install
+            'mllmrec[ann]'``) or ``auto`` (faiss from ``ann.min_items`` items on).
+        ann: the approximate search's settings (``graph.ann.lists``, ``.probes``, ``.seed``,
+            ``.min_items``; see :class:`~mllmrec.graph.ann.AnnParams`), a mapping or an AnnParams.
     """
 
     ks: int = 10
     alpha: float = 0.7
     kc: int = 10
     layers: int = 1
+    knn: str = "auto"
+    ann: AnnParams | Mapping[str, Any] = field(default_factory=AnnParams)
 
     def __post_init__(self) -> None:
         # the graph package's own rules (one per argument), reported under the config key
@@ -49,3 +59,10 @@ class GraphSpec:
             except ValueError as err:
                 raise ConfigError(f"graph.{key}={value!r}: {err}") from None
             object.__setattr__(self, key, checked)
+        if not isinstance(self.ann, AnnParams):
+            try:
+                object.__setattr__(self, "ann", AnnParams.from_mapping(dict(self.ann)))
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"graph.{err}") from None
+        if self.knn == "faiss":  # asked for explicitly: say so before any data is loaded
+            require_faiss()

@@ -87,6 +87,15 @@ class Recommender(L.LightningModule):
     def prepare_eval(self) -> None:
         """Called once before each validation/test pass (in eval mode, without grad)."""
 
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """User ``[U, d]`` and item ``[I, d]`` representations whose dot products are the scores:
+        ``full_scores(users) == users_repr[users] @ items_repr.T``. Called after :meth:`prepare_eval`,
+        without grad. What ``recommend.py`` exports for an ANN index; a model whose scores are not a
+        dot product of two towers does not implement it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not export user/item representations (its scores are not a dot "
+            "product of one user and one item vector, or it does not implement representations())")
+
     # ------------------------------------------------------------------ set-up
     def frozen_buffer_names(self) -> list[str]:
         """Fully qualified names of the frozen inputs: every non-persistent buffer (set or still None)

@@ -90,3 +90,8 @@ class LightGCN(Recommender):
     def full_scores(self, users: Tensor) -> Tensor:
         assert self._eval_users is not None and self._eval_items is not None
         return self._eval_users[users] @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """The propagated (layer-mean) user [U, d] and item [I, d] embeddings."""
+        assert self._eval_users is not None and self._eval_items is not None
+        return self._eval_users, self._eval_items

@@ -203,3 +203,9 @@ class MLLMRec(Recommender):
         assert self._eval_items is not None
         h_u = self._eval_users[users] if self._eval_users is not None else self.user_repr(users)
         return h_u @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """``(h_u for every user [U, d], h_i for every item [I, d])`` (with GCN_UI: the branch's sums)."""
+        assert self._eval_items is not None
+        users = self._eval_users if self._eval_users is not None else self.user_tower(self.all_user_inputs())
+        return users, self._eval_items

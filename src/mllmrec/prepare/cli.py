@@ -26,6 +26,7 @@ def run_prepare(cfg: DictConfig) -> PrepareOutcome:
 
     - ``format: mmrec`` -> import an MMRec folder (``dataset.root``, ``dataset.name``);
     - ``generate: demo`` -> generate the synthetic demo dataset;
+    - an ``interactions:`` key (``dataset=custom``) -> your own interactions (+ items) file;
     - a ``source:`` block -> the Amazon pipeline (2014 or 2018 release).
     """
     # httpx logs every request at INFO: tens of thousands of lines for the images
@@ -49,6 +50,14 @@ def run_prepare(cfg: DictConfig) -> PrepareOutcome:
         return import_mmrec(root, name, out, opts, meta_file=meta_file, display_name=ds.get("display_name"),
                             feature_files=features)
 
+    if "interactions" in ds:
+        from mllmrec.prepare.custom import CustomSource, prepare_custom
+
+        source = CustomSource.from_config(OmegaConf.to_container(ds, resolve=True))
+        return prepare_custom(name=str(ds.name), root=str(ds.root), source=source,
+                              split_seed=int(ds.get("split_seed", 999)), opts=opts,
+                              display_name=ds.get("display_name"))
+
     if ds.get("generate"):
         from mllmrec.data.open import ensure_generated
         from mllmrec.data.processed import DatasetLayout, read_manifest
@@ -61,7 +70,8 @@ def run_prepare(cfg: DictConfig) -> PrepareOutcome:
         raise DatasetError(
             f"dataset {ds.get('name')!r} has no source: block, so prepare.py does not know where its raw "
             "files come from. Use dataset=baby|sports|clothing, dataset=amazon2018 "
-            "dataset.source.category=<Category>, or dataset=mmrec to import MMRec's files."
+            "dataset.source.category=<Category>, dataset=mmrec to import MMRec's files, or dataset=custom "
+            "dataset.interactions=<file> for your own data."
         )
     source_cfg = OmegaConf.to_container(ds.source, resolve=True)
     assert isinstance(source_cfg, dict)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from mllmrec import __version__
 from mllmrec.cache import file_lock, read_json, stable_hash
+from mllmrec.data.checks import check_feature_rows, check_split_overlap
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.interactions import interaction_data_from_frame
 from mllmrec.data.mmrec import read_mmrec_inter
@@ -111,13 +112,16 @@ def import_mmrec(
     frame, inter_path = read_mmrec_inter(src, name)
     # the same checks train.py dataset=mmrec applies: non-empty valid and test splits, ids
     data = interaction_data_from_frame(frame, name=name, source=src, origin=str(inter_path))
+    # what train.py would silently suffer from: masked valid/test pairs, degenerate feature rows
+    check_split_overlap(data, str(inter_path))
     for kind, fname in (feature_files or {}).items():
         if not fname:
             continue
         if (src / fname).is_file():
             rows = data.n_items if kind == "item" else data.n_users
-            load_feature_matrix(src / fname, rows, kind)
-            log.info("%s: %s features %s look right (%d rows)", name, kind, fname, rows)
+            report = check_feature_rows(load_feature_matrix(src / fname, rows, kind), kind, str(src / fname))
+            log.info("%s: %s features %s: %d rows, finite, %d degenerate (zero, constant or duplicated)",
+                     name, kind, fname, rows, report.degenerate)
         else:
             log.info("%s: no %s feature file %s (train.py dataset=mmrec would need it)", name, kind, src / fname)
     if meta_file is not None:

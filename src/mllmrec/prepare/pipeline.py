@@ -27,7 +27,7 @@ from mllmrec import __version__
 from mllmrec.cache import file_lock, read_json, stable_hash
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.processed import FORMAT_VERSION, DatasetLayout, write_processed_dataset
-from mllmrec.data.split import mmrec_split
+from mllmrec.data.split import SPLIT_MODES, mmrec_split
 from mllmrec.data.text import mmrec_item_text
 from mllmrec.prepare.amazon import item_fields, read_interactions, read_meta
 from mllmrec.prepare.download import ensure_file
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # bump when the processing changes what is written (the key then differs and datasets rebuild)
 PREPARE_VERSION = 1
-SPLIT_MODES = ("random", "chronological")
 IMAGE_VARIANTS = ("listed", "large")
 DEFAULT_BASE_URL_2014 = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
 DEFAULT_BASE_URL_2018 = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/"
@@ -76,7 +75,7 @@ class PrepareOptions:
     progress: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "PrepareOptions":
+    def from_config(cls, cfg: Mapping[str, Any]) -> PrepareOptions:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known - {"output_root", "meta_file"})
         if unknown:
@@ -124,7 +123,7 @@ class AmazonSource:
     image_variant: str = "listed"
 
     @classmethod
-    def from_config(cls, source: Mapping[str, Any], opts: PrepareOptions) -> "AmazonSource":
+    def from_config(cls, source: Mapping[str, Any], opts: PrepareOptions) -> AmazonSource:
         """Build from a dataset's ``source:`` block; file names and URLs default per release.
 
         2014: ``ratings_<Cat>.csv`` and ``meta_<Cat>.json.gz`` under ``prepare.base_url_2014``.
@@ -378,7 +377,8 @@ def prepare_amazon(
             "filter": {"rule": "mmrec", "k": k, **filter_stats},
             "expected_counts": dict(source.expected) if source.expected else None,
             "counts_match_expected": matches,
-            "split": {"rule": "mmrec", "mode": opts.split_mode, "seed": int(split_seed)},
+            "split": {"rule": "mmrec" if opts.split_mode != "leave_one_out" else "leave_one_out",
+                      "mode": opts.split_mode, "seed": int(split_seed)},
             "items": {"without_metadata": without_meta, "malformed_meta_lines": bad_meta.count,
                       "with_image_url": int(sum(u is not None for u in urls))},
             "images": image_stats,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import re
 from collections import Counter
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 import mllmrec
+from mllmrec.cache import stable_hash
 from mllmrec.data.text import clean_text
 from mllmrec.reasoning.images import ImageScan
 from mllmrec.reasoning.outputs import (
@@ -26,6 +28,7 @@ from mllmrec.reasoning.outputs import (
     IMAGE_STATUSES,
     IMAGE_TABLE,
     ITEM_TABLE,
+    MANIFEST,
     NO_HISTORY,
     OK,
     PROFILE_STATUSES,
@@ -55,6 +58,8 @@ class ReasonResult:
     summary: dict[str, Any]
     #: the tables written, by name without ``.parquet`` (image_descriptions, item_descriptions, ...)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: False when another shard had already written the tables of exactly this set (not rewritten)
+    merged: bool = True
 
 
 @dataclass
@@ -105,6 +110,7 @@ def _tables(state: RunState, store: GenerationStore) -> dict[str, pd.DataFrame]:
         "description": state.descriptions,
     })
     chosen = set(state.users)
+    records = store.get_many(state.profile_keys.values())
     profiles, statuses, n_used = [], [], []
     for user in range(state.n_users):
         key = state.profile_keys.get(user)
@@ -113,7 +119,7 @@ def _tables(state: RunState, store: GenerationStore) -> dict[str, pd.DataFrame]:
         elif key is None:
             profiles.append(""), statuses.append(NO_HISTORY), n_used.append(0)
         else:
-            record = store.get(key)
+            record = records.get(key)
             ok = record is not None and record.ok
             profiles.append(clean_text(record.text) if ok else "")
             statuses.append(OK if ok else FAILED)
@@ -125,13 +131,62 @@ def _tables(state: RunState, store: GenerationStore) -> dict[str, pd.DataFrame]:
     return {IMAGE_TABLE: image_df, ITEM_TABLE: item_df, USER_TABLE: user_df}
 
 
+def merge_stamp(state: RunState, store: GenerationStore) -> str:
+    """Identity of what the tables are made of: the dataset, the plan (keys by item / user, image
+    statuses, users asked for, separator) and which record each key resolves to in the store.
+    Equal stamps give equal tables, so the shards of one run write them once.
+    """
+    keys = [*state.image_keys.values(), *state.profile_keys.values()]
+    s = state.settings
+    return stable_hash(
+        "reasoning-merge", mllmrec.__version__, _sha256_file(state.dataset_manifest), s.history,
+        s.separator, s.limit_items, s.limit_users, state.n_users, list(state.users),
+        sorted(state.image_keys.items()), sorted(state.profile_keys.items()), list(state.image_status),
+        store.locations(keys), length=32,
+    )
+
+
+def _already_merged(out_dir: Path, stamp: str) -> dict[str, Any] | None:
+    """The manifest of ``out_dir`` when it records ``stamp`` and its tables are the files it hashed."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or (manifest.get("merge") or {}).get("stamp") != stamp:
+        return None
+    tables = manifest.get("tables") or {}
+    for name in (IMAGE_TABLE, ITEM_TABLE, USER_TABLE):
+        table = out_dir / name
+        if not table.is_file() or tables.get(name) != _sha256_file(table):
+            return None
+    return manifest
+
+
 def merge_outputs(state: RunState) -> ReasonResult:
     """Write the tables and the manifest from a fresh, complete read of the store
-    (timing-independent: whichever shard merges, the files are the same)."""
+    (timing-independent: whichever shard merges, the files are the same).
+
+    Call under the output folder's lock. When the folder already holds the tables of exactly this
+    set (another shard merged it: same :func:`merge_stamp`) nothing is rewritten and the result
+    carries the tables read back, with ``merged=False``.
+    """
     store = GenerationStore(state.store_root)
     store.refresh()
+    stamp = merge_stamp(state, store)
+    done = _already_merged(state.out_dir, stamp)
+    if done is not None:
+        by = done["merge"].get("shard")
+        log.info("the tables of this exact set were already written by shard %s/%s: not merging again",
+                 by, done["merge"].get("num_shards"))
+        tables = {Path(name).stem: pd.read_parquet(state.out_dir / name)
+                  for name in (IMAGE_TABLE, ITEM_TABLE, USER_TABLE)}
+        return ReasonResult(state.out_dir, True, done, tables, merged=False)
     tables = _tables(state, store)
     summary = _summary(state, store, tables[IMAGE_TABLE], tables[USER_TABLE])
+    summary["merge"] = {"stamp": stamp, "shard": state.settings.shard, "num_shards": state.settings.num_shards}
     unreadable = [im for im in state.scan.images if im.status == UNREADABLE]
     summary["n_unreadable_images"] = len(unreadable)
     summary["unreadable_images"] = [{"id": im.item_id, "error": im.error} for im in unreadable[:200]]
@@ -145,8 +200,9 @@ def _summary(state: RunState, store: GenerationStore, image_df: pd.DataFrame,
     s, mllm, stats, seconds = state.settings, state.settings.mllm, state.stats, state.seconds
     failures, lengths, refusals = [], {"image": [], "profile": []}, Counter()
     for kind, keys in (("image", state.image_keys), ("profile", state.profile_keys)):
+        records = store.get_many(keys.values())
         for ref, key in sorted(keys.items()):
-            record = store.get(key)
+            record = records.get(key)
             if record is None:
                 continue
             if record.ok:

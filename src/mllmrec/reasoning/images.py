@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from mllmrec.reasoning.outputs import IMAGE_STATUSES, NO_IMAGE, SKIPPED_LIMIT, T
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ItemImage", "ImageScan", "IMAGE_STATUSES", "scan_images", "read_image"]
+__all__ = ["ItemImage", "ImageScan", "IMAGE_STATUSES", "scan_images", "read_image", "outside_image_folder"]
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
          "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -73,14 +74,36 @@ def _check_image(item_id: int, path: Path) -> ItemImage:
     return ItemImage(item_id, "pending", path, hashlib.sha256(data).hexdigest(), mime)
 
 
+IMAGE_FOLDER = "images"  # the dataset's image folder, relative to its root (DatasetLayout.images)
+
+
+def outside_image_folder(root: Path, image_path: str) -> bool:
+    """Whether ``image_path`` (as stored in the items table) points outside ``<root>/images``.
+
+    Lexical, on the path as written: an absolute path or one that climbs out with ``..`` is outside;
+    a symbolic link the dataset's owner placed inside the folder is followed as usual.
+    """
+    if Path(image_path).is_absolute():
+        return True
+    folder = os.path.normpath(root / IMAGE_FOLDER)
+    target = os.path.normpath(root / image_path)
+    return os.path.commonpath([folder, target]) != folder
+
+
 def scan_images(
     root: Path,
     items: pd.DataFrame,
     vision: bool,
     limit_items: int | None = None,
     workers: int = 8,
+    allow_outside: bool = False,
 ) -> ImageScan:
     """Plan the image step for every item (``items`` indexed 0..n-1 with an ``image_path`` column).
+
+    Image paths must stay inside the dataset's image folder ``<root>/images``: an absolute or ``../``
+    path in a dataset would otherwise read any file of the machine and, with a remote backend, send it
+    to a server. Such items are ``unreadable`` (they keep their text, with a warning) unless
+    ``allow_outside`` (``reason.allow_outside_images=true``) is set.
 
     Raises :class:`DatasetError` when items name images but the folder(s) holding them do not
     exist: that is a dataset that was never downloaded, not a few broken files.
@@ -95,6 +118,19 @@ def scan_images(
         reason = "no item of this dataset has an image path: the image step is skipped"
         return ImageScan(tuple(ItemImage(int(i), NO_IMAGE) for i in ids), reason)
 
+    outside = pd.Series(False, index=paths.index)
+    if not allow_outside:
+        outside = has_path & paths.map(lambda p: p is not None and outside_image_folder(root, str(p)))
+        if outside.any():
+            shown = ", ".join(repr(str(p)) for p in paths[outside][:3])
+            log.warning("%d item image paths point outside %s (e.g. %s): those items keep their text only. "
+                        "Set reason.allow_outside_images=true to read them anyway.", int(outside.sum()),
+                        root / IMAGE_FOLDER, shown)
+        has_path = has_path & ~outside
+        if not has_path.any():
+            return ImageScan(tuple(
+                ItemImage(int(i), "unreadable", error=f"image path {paths.iloc[k]!r} is outside {root / IMAGE_FOLDER}")
+                if outside.iloc[k] else ItemImage(int(i), "no_image") for k, i in enumerate(ids)), None)
     folders = sorted({(root / str(p)).parent for p in paths[has_path]})
     missing = [f for f in folders if not f.is_dir()]
     if len(missing) == len(folders):
@@ -107,7 +143,10 @@ def scan_images(
     out: dict[int, ItemImage] = {}
     for pos, (item_id, path, present) in enumerate(zip(ids, paths, has_path)):
         item_id = int(item_id)
-        if not present:
+        if outside.iloc[pos]:
+            out[item_id] = ItemImage(item_id, UNREADABLE,
+                                     error=f"image path {str(path)!r} is outside {root / IMAGE_FOLDER}")
+        elif not present:
             out[item_id] = ItemImage(item_id, NO_IMAGE)
         elif limit_items is not None and pos >= limit_items:
             out[item_id] = ItemImage(item_id, SKIPPED_LIMIT)

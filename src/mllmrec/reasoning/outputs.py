@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mllmrec.errors import ConfigError
 from mllmrec.cache import atomic_path, atomic_write_json
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.processed import DatasetLayout
+from mllmrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

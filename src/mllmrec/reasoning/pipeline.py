@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 
 from mllmrec.cache import file_lock, stable_hash
 from mllmrec.data import DatasetError, DatasetLayout, read_items
-from mllmrec.data.open import open_dataset
 from mllmrec.data.interactions import InteractionData
+from mllmrec.data.open import open_dataset
 from mllmrec.data.text import clean_text
 from mllmrec.reasoning.backends import Backend, Generation, Message, Request, make_backend
 from mllmrec.reasoning.backends.base import TokenCounter
@@ -147,11 +147,12 @@ class Reasoner:
         """Generate this shard's jobs that the store lacks, one published shard file per chunk."""
         self.store.refresh()
         mine = [j for j in jobs if self._in_shard(j.ref)]
-        cached = [j for j in mine if self.store.done(j.key, self.s.retry_failed)]
+        done = self.store.done_many([j.key for j in mine], self.s.retry_failed).tolist()
+        cached = [j for j, d in zip(mine, done) if d]
         # equal prompts (identical images, identical histories) share a key: generate it once
         unique: dict[str, Job] = {}
-        for job in mine:
-            if not self.store.done(job.key, self.s.retry_failed):
+        for job, d in zip(mine, done):
+            if not d:
                 unique.setdefault(job.key, job)
         pending = list(unique.values())
         log.info("%s: %d jobs in shard %d/%d: %d cached, %d to generate (%d share a prompt with another)",
@@ -283,7 +284,8 @@ class Reasoner:
         s = self.s
         data = open_dataset(s.dataset.config)  # generates the demo on first use
         items = read_items(s.dataset.root, data.n_items)
-        scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers)
+        scan = scan_images(self.layout.root, items, s.mllm.vision, s.limit_items, s.image_workers,
+                           allow_outside=s.allow_outside_images)
         if scan.skipped_reason:
             log.warning("image step skipped: %s", scan.skipped_reason)
         histories = user_histories(data, self.layout, s.history)
@@ -322,13 +324,14 @@ class Reasoner:
 
     def _image_outputs(self, scan: ImageScan, jobs: Mapping[int, Job]) -> tuple[list[str], list[str]]:
         texts, statuses = [], []
+        records = self.store.get_many(job.key for job in jobs.values())
         for image in scan.images:
             job = jobs.get(image.item_id)
             if job is None:
                 texts.append("")
                 statuses.append(image.status)
                 continue
-            record = self.store.get(job.key)
+            record = records.get(job.key)
             ok = record is not None and record.ok
             texts.append(clean_text(record.text) if ok else "")
             statuses.append(OK if ok else FAILED)

@@ -75,7 +75,7 @@ class MllmSpec:
         return f"{self.model_id}@{self.revision or 'main'}"
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], seed: int) -> "MllmSpec":
+    def from_mapping(cls, raw: Mapping[str, Any], seed: int) -> MllmSpec:
         name = str(raw.get("name") or "")
         if name == "none":
             raise ReasonConfigError(
@@ -118,7 +118,7 @@ class DatasetSpec:
     config: dict[str, Any]  # the whole dataset node, for mllmrec.data.open_dataset
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> "DatasetSpec":
+    def from_mapping(cls, raw: Mapping[str, Any]) -> DatasetSpec:
         fmt = str(raw.get("format", "processed"))
         name = str(raw.get("name"))
         if fmt != "processed":
@@ -148,7 +148,7 @@ class _Node:
             )
         return self.raw[key]
 
-    def node(self, key: str) -> "_Node":
+    def node(self, key: str) -> _Node:
         value = self.get(key)
         if not isinstance(value, Mapping):
             raise ReasonConfigError(f"{self.path}.{key} must be a mapping, got {value!r}")
@@ -199,18 +199,15 @@ class OpenAIOptions:
     model: str | None  # served name; None = the mllm's Ollama tag or HF id, whichever is served
     concurrency: int
     timeout_s: float
-    max_retries: int
-    backoff_s: float
-    backoff_max_s: float
+    max_retries: int  # the openai client's own backoff between tries
     probe_timeout_s: float
 
     @classmethod
-    def from_node(cls, n: _Node) -> "OpenAIOptions":
+    def from_node(cls, n: _Node) -> OpenAIOptions:
         return cls(
             base_url=n.opt_str("base_url") or "", api_key=n.opt_str("api_key"), model=n.opt_str("model"),
             concurrency=n.int("concurrency", 1), timeout_s=n.float("timeout_s", 0, strict=True),
-            max_retries=n.int("max_retries"), backoff_s=n.float("backoff_s", 0),
-            backoff_max_s=n.float("backoff_max_s", 0), probe_timeout_s=n.float("probe_timeout_s", 0, strict=True),
+            max_retries=n.int("max_retries"), probe_timeout_s=n.float("probe_timeout_s", 0, strict=True),
         )
 
 
@@ -223,14 +220,16 @@ class TransformersOptions:
     batch_size: int
     cache_dir: Path | None  # converted GGUF models; None = no cache
     trust_remote_code: bool
+    num_threads: int | None  # torch intra-op threads; None = torch's default (1 on a shared CPU)
 
     @classmethod
-    def from_node(cls, n: _Node) -> "TransformersOptions":
+    def from_node(cls, n: _Node) -> TransformersOptions:
         cache_dir = n.opt_str("cache_dir")
         return cls(
             device=n.str("device"), dtype=n.opt_str("dtype"), batch_size=n.int("batch_size", 1),
             cache_dir=Path(os.path.expanduser(cache_dir)) if cache_dir else None,
             trust_remote_code=n.bool("trust_remote_code"),
+            num_threads=n.opt_int("num_threads", 1),
         )
 
 
@@ -241,8 +240,34 @@ class FakeOptions:
     delay_s: float
 
     @classmethod
-    def from_node(cls, n: _Node) -> "FakeOptions":
+    def from_node(cls, n: _Node) -> FakeOptions:
         return cls(delay_s=n.float("delay_s", 0))
+
+
+#: how long a shard launched by a Hydra multirun (``reason.py -m ... reason.shard=0,1,...``) waits
+#: for its siblings when ``reason.shard_wait_s`` is null: the launcher started them all
+MULTIRUN_SHARD_WAIT_S = 7 * 24 * 3600.0
+
+
+def _in_multirun() -> bool:
+    """Whether this process is a job of a Hydra multirun (any launcher: local, submitit, ...)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return False
+    if not HydraConfig.initialized():
+        return False
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _shard_wait_s(reason: _Node, num_shards: int) -> float:
+    """``reason.shard_wait_s``; null = 0 (a shard alone stops, exit 3, when others' work is
+    missing) except for the shards of a multirun, which wait for each other (they run as
+    separate jobs of one launch, so the last one to complete the set merges)."""
+    if reason.get("shard_wait_s") is None:
+        return MULTIRUN_SHARD_WAIT_S if num_shards > 1 and _in_multirun() else 0.0
+    return reason.float("shard_wait_s", 0)
 
 
 @dataclass(frozen=True)
@@ -271,6 +296,7 @@ class ReasonSettings:
     item_max_tokens: int
     chars_per_token: float
     image_workers: int
+    allow_outside_images: bool
     progress: bool
     openai: OpenAIOptions
     transformers: TransformersOptions
@@ -283,7 +309,7 @@ class ReasonSettings:
         return f"{self.mllm.name}-fake" if self.backend == "fake" else self.mllm.name
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ReasonSettings":
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> ReasonSettings:
         reason = _Node(_container(cfg["reason"]), "reason")
         seed = reason.int("seed")
         mllm = MllmSpec.from_mapping(_container(cfg["mllm"]), seed)
@@ -328,7 +354,7 @@ class ReasonSettings:
             chunk_size=reason.int("chunk_size", 1),
             shard=shard,
             num_shards=num_shards,
-            shard_wait_s=reason.float("shard_wait_s", 0),
+            shard_wait_s=_shard_wait_s(reason, num_shards),
             poll_s=reason.float("poll_s", 0),
             limit_items=reason.opt_int("limit_items"),
             limit_users=reason.opt_int("limit_users"),
@@ -340,6 +366,7 @@ class ReasonSettings:
             item_max_tokens=reason.int("item_max_tokens", 8),
             chars_per_token=reason.float("chars_per_token", 0, strict=True),
             image_workers=reason.int("image_workers", 1),
+            allow_outside_images=reason.bool("allow_outside_images"),
             progress=reason.bool("progress"),
             openai=OpenAIOptions.from_node(reason.node("openai")),
             transformers=TransformersOptions.from_node(reason.node("transformers")),

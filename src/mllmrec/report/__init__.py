@@ -8,7 +8,8 @@ Reads every job folder under the sweep dir (``metrics.json`` + ``.hydra/config.y
   score, its test score beside it (never selected by test);
 * ``heatmap_<dataset>_<metric>.png`` — test R@20 / N@20 over alpha x K_c (the paper's Fig. 4);
 * ``d_curve_<metric>.png`` — test R@20 / N@20 against the output dimension d (Fig. 5);
-* ``mllm_table.md`` — Table 4's layout (rows: ``mllm``, columns: datasets);
+* ``mllm_table.md`` — Table 4's layout (rows: ``mllm``; per dataset test R/N@10/20 of the
+  configuration chosen on validation, and which one it was);
 * ``ablation_table.md`` — Table 3's layout (rows: the config key ``variant``, columns: datasets);
 * ``ttest.md`` — paired t-test (``scipy.stats.ttest_rel``) of two variants' test R@20 over seeds;
 * ``table2.md`` — Table 2's layout (models x datasets x R/N@10/20, best **bold**, second _underlined_),
@@ -34,12 +35,14 @@ from mllmrec.report.tables import (
     load_jobs,
     paired_ttest,
     reference_variant,
+    selected_table,
     summarize,
     table2,
 )
 
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
-    "layout_table", "reference_variant", "paired_ttest", "table2", "improvement_over_best_baseline", "gr_comparison",
+    "layout_table", "selected_table", "reference_variant", "paired_ttest", "table2",
+    "improvement_over_best_baseline", "gr_comparison",
     "markdown_table", "Section", "build_report", "main",
 ]

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
-    "layout_table", "reference_variant", "paired_ttest", "GR_SUFFIX", "table2", "improvement_over_best_baseline",
-    "gr_comparison",
+    "layout_table", "selected_table", "reference_variant", "paired_ttest", "GR_SUFFIX", "table2",
+    "improvement_over_best_baseline", "gr_comparison",
 ]
 
 SPLITS = ("valid", "test")
@@ -109,14 +109,15 @@ def load_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def config_keys(jobs: pd.DataFrame) -> list[str]:
     """The config keys that tell the jobs' configurations apart (varying ones, seed excluded), plus
     dataset / mllm / variant, which the tables always show. The tables' own keys come first, so that
-    an interpolated copy (``dataset.tuned.alpha`` behind ``graph.alpha``) is the
-    one dropped."""
+    an interpolated copy (``dataset.tuned.alpha`` behind ``graph.alpha``) is the one dropped. Copies of
+    the seed (``data.seed: ${seed}``) are dropped too: they vary with the seed, and keeping them would
+    make every seed a configuration of its own (no mean ± std over seeds)."""
     metric_cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | {"job_dir", "overrides", "best_epoch"}
     canonical = [k for k in (DATASET, MLLM, VARIANT, ALPHA, KC, D) if k in jobs]
     others = [c for c in jobs.columns if c not in canonical and c not in metric_cols and c != SEED
               and not c.startswith(_NOT_CONFIG)]
     keys: list[str] = []
-    seen: list[pd.Series] = []
+    seen: list[pd.Series] = [jobs[SEED].astype(str)] if SEED in jobs else []
     for c in canonical + others:
         text = jobs[c].astype(str)
         always = c in (DATASET, MLLM, VARIANT)
@@ -178,6 +179,49 @@ def layout_table(summary: pd.DataFrame, row_key: str, metric: str = "recall@20")
     rows = list(dict.fromkeys(best.sort_values(f"test_{metric}_mean", ascending=False)[row_key]))
     return pd.DataFrame([[cells.get((r, d), "-") for d in datasets] for r in rows],
                         index=pd.Index(rows, name=row_key), columns=datasets)
+
+
+#: the paper's short metric names (Tables 2-4)
+SHORT_METRIC = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
+
+
+def _summary_keys(summary: pd.DataFrame) -> list[str]:
+    """The configuration columns of a :func:`summarize` frame (everything but statistics)."""
+    return [c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in ("n", "seeds")]
+
+
+def selected_table(summary: pd.DataFrame, row_key: str, select: str = "recall@20",
+                   metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Table 4's layout: one row per ``row_key`` value (an MLLM), per dataset the test ``metrics``
+    (mean ± std over seeds) of **one** configuration, chosen on mean validation ``select``, plus
+    that configuration (``<dataset> config``: the values of the other varying keys, e.g. graph.alpha
+    and graph.kc) and its seed count.
+
+    Only the full model's runs count when several variants were swept (an ablation is not an MLLM's
+    result). Unlike :func:`layout_table`, the metrics of a cell all come from the same configuration.
+    """
+    if VARIANT in summary and summary[VARIANT].nunique() > 1:
+        summary = summary[summary[VARIANT] == reference_variant(list(dict.fromkeys(summary[VARIANT])))]
+    best = best_by_validation(summary, [row_key, DATASET], select)
+    # what was chosen: the swept keys, not the row's or dataset's own settings (mllm.model_id, ...)
+    own = tuple(f"{k.split('.')[0]}." for k in (row_key, DATASET) if "." in k)
+    described = [k for k in _summary_keys(summary) if k not in (row_key, DATASET, VARIANT) and not k.startswith(own)]
+    datasets = sorted(best[DATASET].astype(str).unique())
+    rows = sorted(best[row_key].astype(str).unique())
+    table = pd.DataFrame(index=pd.Index(rows, name=row_key), dtype=object)
+    for dataset in datasets:
+        for metric in metrics:
+            table[f"{dataset} {SHORT_METRIC.get(metric, metric)}"] = "-"
+        table[f"{dataset} config"] = "-"
+        table[f"{dataset} seeds"] = "-"
+    for _, r in best.iterrows():
+        row, dataset = str(r[row_key]), str(r[DATASET])
+        for metric in metrics:
+            table.loc[row, f"{dataset} {SHORT_METRIC.get(metric, metric)}"] = _cell(
+                r[f"test_{metric}_mean"], r[f"test_{metric}_std"], int(r["n"]))
+        table.loc[row, f"{dataset} config"] = ", ".join(f"{k}={_key_text(r[k])}" for k in described) or "-"
+        table.loc[row, f"{dataset} seeds"] = str(int(r["n"]))
+    return table
 
 
 def reference_variant(variants: Sequence[str]) -> str:

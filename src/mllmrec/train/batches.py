@@ -58,8 +58,9 @@ def sample_negatives(
 class BPRTriplets(Dataset):
     """(user, positive, negative) batches over all training interactions, one epoch at a time.
 
-    Index b is the b-th batch of the current epoch; :class:`EpochSampler` draws the epoch's shuffle
-    and negatives (seeded by ``(seed, epoch)``, so a resumed run sees the same batches).
+    Index b is the b-th batch of the epoch selected by :meth:`select_epoch`; that epoch's shuffle and
+    negatives (seeded by ``(seed, epoch)``) are drawn at its first ``__getitem__``, never earlier: a
+    resumed run sees exactly the batches an uninterrupted one saw.
     """
 
     def __init__(self, train: sp.csr_matrix, batch_size: int, seed: int, negative_items: str = "all") -> None:
@@ -82,6 +83,8 @@ class BPRTriplets(Dataset):
             )
         self.batch_size = batch_size
         self.seed = seed
+        self.epoch = 0  # the epoch served next (set by EpochSampler.set_epoch)
+        self.built_epoch: int | None = None  # the epoch epoch_arrays hold
         self.epoch_arrays: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -97,16 +100,25 @@ class BPRTriplets(Dataset):
         negatives = sample_negatives(self.users, self.n_items, self.positive_keys, rng, self.candidates)
         arrays = (self.users[order], self.items[order], negatives[order])
         self.epoch_arrays = tuple(torch.from_numpy(a) for a in arrays)
+        self.built_epoch = epoch
+
+    def select_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` from now on (drawn lazily, at the next ``__getitem__``)."""
+        self.epoch = int(epoch)
 
     def __getitem__(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.epoch_arrays is None:
-            self.build_epoch(0)
+        # Lazily, here: Lightning creates the loader iterator (setup_data) BEFORE it sets the epoch,
+        # and on a resume it never creates it again, so building in the sampler's __iter__ served a
+        # resumed run epoch 0's shuffle and negatives
+        if self.built_epoch != self.epoch:
+            self.build_epoch(self.epoch)
         sl = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
         return tuple(a[sl] for a in self.epoch_arrays)
 
 
 class EpochSampler(Sampler[int]):
-    """Yields batch indices; Lightning calls :meth:`set_epoch` before every epoch."""
+    """Yields batch indices; Lightning calls :meth:`set_epoch` before every epoch, which selects the
+    epoch :class:`BPRTriplets` draws (lazily, at its first batch)."""
 
     def __init__(self, triplets: BPRTriplets) -> None:
         self.triplets = triplets
@@ -114,12 +126,12 @@ class EpochSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.triplets.select_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.triplets)
 
     def __iter__(self):
-        self.triplets.build_epoch(self.epoch)
         return iter(range(len(self.triplets)))
 
 

@@ -25,18 +25,41 @@ import torch
 from torch.utils.data import DataLoader
 
 from mllmrec.data import DatasetError, DatasetLayout, InteractionData, history_text, read_items
+from mllmrec.data.checks import check_feature_rows, check_loaded_dataset, check_texts
+from mllmrec.data.cold_start import ColdStartSplit, hold_out_cold_items
 from mllmrec.data.modalities import MLLM_MODALITY, check_modalities, modality_files
 from mllmrec.data.open import check_dataset, open_dataset
 from mllmrec.data.validation import load_feature_matrix
 from mllmrec.encoding import EncoderSpec, cached_encode
 from mllmrec.errors import ConfigError
 from mllmrec.graph import GraphBuildStatistics, GraphSpec, build_refined_item_graph
-from mllmrec.reasoning.outputs import ITEM_TEXT_SOURCES, check_history, read_reasoning_outputs, require_outputs
+from mllmrec.reasoning.outputs import (
+    ITEM_TABLE,
+    ITEM_TEXT_SOURCES,
+    USER_TABLE,
+    check_history,
+    read_reasoning_outputs,
+    require_outputs,
+)
 from mllmrec.train.batches import BPRTriplets, EpochSampler, UserBatches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MLLMRecDataModule", "ITEM_TEXT_SOURCES"]
+__all__ = ["MLLMRecDataModule", "ITEM_TEXT_SOURCES", "EVAL_SCORE_BYTES", "eval_users_per_batch"]
+
+#: Bound on one evaluation batch's float32 score matrix [users, items]: the model's scores, masked in
+#: place, then one top-K. 4096 users x 1M items would be 16 GB; this caps the batch at 512 MiB (131
+#: users at 1M items). Below ~32k items the configured eval_batch_size (4096) is never reduced.
+EVAL_SCORE_BYTES = 512 * 2**20
+
+
+def eval_users_per_batch(eval_batch_size: int, n_items: int) -> int:
+    """Users per evaluation batch: ``eval_batch_size``, reduced so that ``users * I * 4`` bytes stay
+    within :data:`EVAL_SCORE_BYTES` (at least one user).
+
+    Per-user metrics do not depend on which users share a batch, so this changes memory, not results.
+    """
+    return max(1, min(eval_batch_size, EVAL_SCORE_BYTES // (4 * max(n_items, 1))))
 
 
 # --------------------------------------------------------------------------- the module
@@ -68,6 +91,9 @@ class MLLMRecDataModule(L.LightningDataModule):
         item_text_source: str = "description",
         exclude_valid_at_test: bool = False,
         use_user_features: bool = True,
+        cache_dir: str | None = None,
+        cold_start_items: float = 0.0,
+        cold_start_seed: int = 999,
         negative_items: str = "all",
     ) -> None:
         super().__init__()
@@ -84,6 +110,14 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.item_text_source = item_text_source
         self.exclude_valid_at_test = exclude_valid_at_test
         self.use_user_features = use_user_features
+        # derived artefacts (embeddings, graphs) go here, never into the (possibly read-only) inputs
+        self._cache_dir = Path(cache_dir) if cache_dir else None
+        if not 0.0 <= float(cold_start_items) < 1.0:
+            raise ConfigError(f"data.cold_start_items must be in [0, 1) (the share of items held out of "
+                              f"training; 0 = off), got {cold_start_items}")
+        self.cold_start_items = float(cold_start_items)
+        self.cold_start_seed = int(cold_start_seed)
+        self.cold_split: ColdStartSplit | None = None  # set by setup() when cold_start_items > 0
         self.negative_items = negative_items  # all | train (MMRec: only items seen in training)
         self.data: InteractionData | None = None
         self._texts: tuple[list[str], list[str]] | None = None
@@ -92,6 +126,7 @@ class MLLMRecDataModule(L.LightningDataModule):
         self._user_features_ready = False
         self._item_graph: torch.Tensor | None = None
         self.graph_statistics: GraphBuildStatistics | None = None  # set with the graph
+        self._origins: dict[str, str] = {}  # item/user feature sources, as messages name them
         self._modalities: dict[str, torch.Tensor] = {}  # item modalities loaded so far, by name
 
     # ----------------------------------------------------------------- loading
@@ -105,10 +140,27 @@ class MLLMRecDataModule(L.LightningDataModule):
 
     @property
     def cache_dir(self) -> Path:
-        """Where derived artefacts (embeddings, graphs) of this dataset are cached."""
+        """Where derived artefacts (embeddings, graphs) of this dataset are cached: ``data.cache_dir``
+        (``paths.cache_dir``/<dataset>); without one, a processed dataset's own cache folder, and for an
+        MMRec folder (an input, never written) a per-user folder."""
+        if self._cache_dir is not None:
+            return self._cache_dir
         if self.is_mmrec:
-            return Path(self.dataset_cfg["root"]) / ".mllmrec_cache"
+            return Path.home() / ".cache" / "mllmrec" / str(self.dataset_cfg["name"])
         return self.layout.cache
+
+    def _input_names(self) -> tuple[str, dict[str, str]]:
+        """The interaction file and the item/user feature (or text) sources, as messages name them."""
+        cfg = self.dataset_cfg
+        if self.is_mmrec:
+            root = Path(cfg["root"])
+            return str(root / f"{cfg['name']}.inter"), {
+                k: str(root / cfg[f"{k}_features"]) for k in ("item", "user") if cfg.get(f"{k}_features")}
+        folder = self._reasoning_files()
+        if folder is None:
+            return str(self.layout.interactions), {
+                "item": str(self.layout.items), "user": f"{self.layout.items} (histories)"}
+        return str(self.layout.interactions), {"item": str(folder / ITEM_TABLE), "user": str(folder / USER_TABLE)}
 
     def check_inputs(self) -> None:
         """Cheap checks of files and folders, before any heavy work."""
@@ -120,6 +172,15 @@ class MLLMRecDataModule(L.LightningDataModule):
                 "data.item_text_source=image_description (the 'w/o T' ablation) needs the MLLM's image "
                 f"descriptions, but {source}. Produce them with `python reason.py "
                 f"dataset={self.dataset_cfg['name']} mllm=<model>` and train with mllm=<model>."
+            )
+        if self.cold_start_items > 0 and self.use_user_features and (self.is_mmrec or self.mllm != "none"):
+            # profiles made before the cold split know the held-out items: a cold-start number with
+            # them would be leaked, not measured
+            source = "the MMRec folder's user feature file" if self.is_mmrec else f"the mllm={self.mllm} profiles"
+            raise DatasetError(
+                f"data.cold_start_items={self.cold_start_items}: {source} were built from every training "
+                "interaction, the held-out items' included. Set data.use_user_features=false (a trainable "
+                "user table), or use mllm=none (profiles rebuilt from the cold split's training history)."
             )
         check_dataset(self.dataset_cfg, user_features=self.use_user_features)
         if not self.is_mmrec and not self.dataset_cfg.get("generate"):
@@ -150,8 +211,16 @@ class MLLMRecDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         self.check_inputs()
-        self.data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
-        log.info("%s", self.data.summary())
+        data = open_dataset(self.dataset_cfg, user_features=self.use_user_features)
+        log.info("%s", data.summary())
+        # start-up data checks: split overlap and degenerate feature files, before any heavy work
+        origin, self._origins = self._input_names()
+        check_loaded_dataset(data, origin, self._origins, self.exclude_valid_at_test)
+        if self.cold_start_items > 0:  # moves training rows to valid/test only: no overlap is created
+            self.cold_split = hold_out_cold_items(data, self.cold_start_items, self.cold_start_seed)
+            data = self.cold_split.data
+            log.info("%s", data.summary())
+        self.data = data
         self.triplets = BPRTriplets(self.data.train, self.batch_size, self.seed, self.negative_items)
         self.train_sampler = EpochSampler(self.triplets)
 
@@ -166,8 +235,40 @@ class MLLMRecDataModule(L.LightningDataModule):
         data = self._require_setup()
         if self._texts is None:
             self._texts = self.item_and_user_texts(data)
+            # the dataset=custom cause (no items table, empty columns) first, then the general check
+            self._require_distinct_item_texts(self._texts[0])
+            check_texts(self._texts[0], "item", self._origins["item"])
         texts = self._texts[0] if which == "items" else self._texts[1]
-        return cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", which)
+        features = cached_encode(texts, self.encoder_spec, self.cache_dir / "embeddings", which)
+        what = which[:-1]  # items -> item
+        check_feature_rows(features, what, f"{self._origins[what]} (encoded)")
+        return features
+
+    def _require_distinct_item_texts(self, texts: list[str]) -> None:
+        """A model that reads item content must not train on one text shared by every item (the same
+        features for all items score below popularity, silently). The error names what is missing:
+        for a ``dataset=custom`` folder, the items table or its empty columns (from the manifest).
+        All-empty texts of other datasets are left to :func:`mllmrec.data.checks.check_texts`."""
+        if len(texts) < 2 or len(set(texts)) > 1:
+            return
+        name = self.dataset_cfg["name"]
+        manifest = self.data.extras.get("manifest", {}) if self.data is not None else {}
+        report = manifest.get("items") or {}
+        if "table" in report and report["table"] is None:
+            cause = (f"it was prepared without an items table. Re-run `python prepare.py dataset={name} "
+                     "dataset.interactions=... dataset.items=<items table>` with title/text columns")
+        elif report.get("empty_columns"):
+            cause = (f"the items table's columns {report['empty_columns']} are empty. Fill them, or point "
+                     "dataset.item_columns.title/.text at columns that hold text, and re-run prepare.py")
+        elif not texts[0].strip():
+            return  # all empty, no dataset=custom cause to add: data.checks.check_texts says so
+        else:
+            cause = "fill the items' title or description (items.parquet) and re-run prepare.py"
+        raise DatasetError(
+            f"dataset={name}: every item's text is {texts[0]!r}, so a model that reads item content "
+            f"(MLLMRec, VBPR) would see the same features for every item: {cause}. "
+            "ID-only models (model=bpr, model=lightgcn) train without item text."
+        )
 
     @property
     def item_features(self) -> torch.Tensor:
@@ -208,7 +309,8 @@ class MLLMRecDataModule(L.LightningDataModule):
             data = self._require_setup()
             spec = self.graph_spec
             built = build_refined_item_graph(
-                self.item_features, data.train, spec.ks, spec.alpha, spec.kc, self.cache_dir / "graphs"
+                self.item_features, data.train, spec.ks, spec.alpha, spec.kc, self.cache_dir / "graphs",
+                knn_method=spec.knn, ann_params=spec.ann,
             )
             self._item_graph, self.graph_statistics = built.graph, built.statistics
         return self._item_graph
@@ -255,7 +357,12 @@ class MLLMRecDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         _, truth = self.eval_target(split)
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
-        return DataLoader(UserBatches(users, self.eval_batch_size), batch_size=None, shuffle=False)
+        batch_size = eval_users_per_batch(self.eval_batch_size, truth.shape[1])
+        if batch_size < self.eval_batch_size:
+            log.info("evaluating %d users per batch instead of data.eval_batch_size=%d: a batch's scores "
+                     "over %d items stay under %d MiB", batch_size, self.eval_batch_size, truth.shape[1],
+                     EVAL_SCORE_BYTES // 2**20)
+        return DataLoader(UserBatches(users, batch_size), batch_size=None, shuffle=False)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and negatives the training loader serves next."""

@@ -14,14 +14,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["RESULT_NEUTRAL_KEYS", "config_fingerprint", "input_fingerprints"]
+__all__ = ["RESULT_NEUTRAL_KEYS", "config_fingerprint", "input_fingerprints", "result_config"]
 
 # Keys (dotted paths) that cannot change a job's results: where files go, how runs are logged and
 # drawn, and this switch itself. Everything else (model, graph, data, trainer, early stopping, seed,
 # ...) is part of the fingerprint, so an unknown key errs on the side of running again.
 RESULT_NEUTRAL_KEYS = (
-    "paths", "logger", "tags", "task_name", "skip_finished",
+    "paths", "logger", "tags", "task_name", "skip_finished", "auto_resume", "data.cache_dir", "extras", "reason.auto",
     "callbacks.progress_bar", "callbacks.graph_statistics", "callbacks.user_tsne",
+    # how checkpoints are written and what they carry for an exact resume: an uninterrupted run's
+    # results are the same with or without them (so sweeps finished before they existed still match)
+    "trainer.plugins", "callbacks.random_state",
 )
 
 
@@ -98,6 +101,34 @@ def input_fingerprints(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def _resolved_without_neutral(cfg: DictConfig, extra_neutral: tuple[str, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """The resolved config without ``hydra`` and the neutral keys, and the absolute ``paths`` folders."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    folders = {k: str(v) for k, v in (container.get("paths") or {}).items()
+               if isinstance(v, str) and len(v) > 1 and os.path.isabs(v)}
+    container.pop("hydra", None)
+    for key in (*RESULT_NEUTRAL_KEYS, *extra_neutral):
+        _drop(container, key)
+    return container, folders
+
+
+def _canonical_text(container: dict, folders: dict[str, str]) -> str:
+    """Canonical JSON of ``container`` with every absolute ``paths`` folder replaced by a placeholder."""
+    text = json.dumps(container, sort_keys=True, default=str, separators=(",", ":"))
+    for key, folder in sorted(folders.items(), key=lambda kv: -len(kv[1])):  # longest (innermost) first
+        text = text.replace(json.dumps(folder)[1:-1], f"<paths.{key}>")
+    return text
+
+
+def result_config(cfg: DictConfig, extra_neutral: tuple[str, ...] = ()) -> dict:
+    """The resolved config as the fingerprint sees it (without :data:`RESULT_NEUTRAL_KEYS` and
+    ``extra_neutral``, ``paths`` folders as ``<paths.key>`` placeholders): what two runs are compared
+    on when a checkpoint of one is loaded under the config of another (``evaluate.py``)."""
+    container, folders = _resolved_without_neutral(cfg, extra_neutral)
+    return json.loads(_canonical_text(container, folders))
+
+
 def config_fingerprint(cfg: DictConfig) -> str:
     """sha256 (16 hex chars) of the resolved config without :data:`RESULT_NEUTRAL_KEYS`, joined with
     the content identity of its input files (:func:`input_fingerprints`).
@@ -107,15 +138,6 @@ def config_fingerprint(cfg: DictConfig) -> str:
     are is not what was run. Plain ``hashlib`` over canonical JSON rather than
     :func:`mllmrec.cache.stable_hash`, so that checking a finished job does not import torch.
     """
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(container, dict)
-    folders = {k: str(v) for k, v in (container.get("paths") or {}).items()
-               if isinstance(v, str) and len(v) > 1 and os.path.isabs(v)}
-    container.pop("hydra", None)
-    for key in RESULT_NEUTRAL_KEYS:
-        _drop(container, key)
+    container, folders = _resolved_without_neutral(cfg)
     container["<inputs>"] = input_fingerprints(cfg)  # not a config key: no override can collide
-    text = json.dumps(container, sort_keys=True, default=str, separators=(",", ":"))
-    for key, folder in sorted(folders.items(), key=lambda kv: -len(kv[1])):  # longest (innermost) first
-        text = text.replace(json.dumps(folder)[1:-1], f"<paths.{key}>")
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(_canonical_text(container, folders).encode("utf-8")).hexdigest()[:16]

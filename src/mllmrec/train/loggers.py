@@ -5,7 +5,10 @@
   ``wandb.init`` blocks ~100 s and then fails, so the server is probed first (3 s) and the run falls
   back to offline with a message instead. Offline runs live under the job's output dir; the message
   says how to upload them (``wandb sync``).
-* Group: the sweep folder's name in a multirun (one group per sweep); name: the job's override string.
+* Group: ``<sweep folder name>/<dataset>/<mllm>`` in a multirun, so the runs of one Table 4 cell
+  (one MLLM on one dataset: its alpha x K_c x seed grid) sit together and a sweep over several MLLMs
+  and datasets is split along them; name: the job's override string. Tags ``dataset:<name>`` and
+  ``mllm:<name>`` are added to every run, to filter across sweeps.
 * :func:`finish_wandb` closes the job's run (a second job in the same process would otherwise be
   logged into the first job's run: ``WandbLogger`` reuses an active ``wandb.run``).
 """
@@ -26,7 +29,7 @@ from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["wandb_mode", "prepare_wandb_logger", "finish_wandb"]
+__all__ = ["wandb_mode", "run_group", "prepare_wandb_logger", "finish_wandb"]
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
@@ -75,8 +78,15 @@ def wandb_mode(env: Mapping[str, str] | None = None, timeout: float = 3.0) -> tu
     return "online", "API key set and server reachable"
 
 
+def run_group(sweep: str, cfg: DictConfig) -> str:
+    """The W&B group of a multirun job: ``<sweep>/<dataset>/<mllm>`` (one group per Table 4 cell)."""
+    dataset = (cfg.get("dataset") or {}).get("name", "?")
+    mllm = (cfg.get("mllm") or {}).get("name", "none")
+    return f"{sweep}/{dataset}/{mllm}"
+
+
 def _hydra_job() -> tuple[str | None, str | None]:
-    """``(group, name)`` for a multirun job: the sweep folder's name and the job's overrides."""
+    """``(sweep, name)`` for a multirun job: the sweep folder's name and the job's overrides."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -98,13 +108,19 @@ def prepare_wandb_logger(cfg: DictConfig) -> str | None:
     if not node:
         return None
     mode, reason = wandb_mode()
-    group, name = _hydra_job()
+    sweep, name = _hydra_job()
+    group = run_group(sweep, cfg) if sweep is not None else None
     with open_dict(node):
         node.offline = node.get("offline", False) or mode in ("offline", "dryrun")
         if node.get("group") is None:
             node.group = group
         if node.get("name") is None:
             node.name = name
+        tags = list(node.get("tags") or [])
+        for tag in (f"dataset:{cfg.dataset.name}", f"mllm:{cfg.mllm.name}"):
+            if tag not in tags:
+                tags.append(tag)
+        node.tags = tags
         if node.offline and node.get("log_model"):
             log.warning("W&B offline: checkpoints cannot be uploaded, logger.wandb.log_model ignored")
             node.log_model = False

@@ -53,7 +53,7 @@ class ImagePart:
     mime: str
     sha256: str
 
-    def to_pil(self) -> "Image.Image":
+    def to_pil(self) -> Image.Image:
         """Decoded RGB image (vision processors expect 3 channels; PNGs may be RGBA or P)."""
         from PIL import Image
 

