@@ -162,12 +162,3 @@ def test_refined_switch_without_a_graph_is_an_error():
     with pytest.raises(ValueError, match="item_graph must be one of"):
         _build(LATTICE, "knn")
 
-
-@pytest.mark.parametrize("cls", [FREEDOM, LATTICE, LGMRec])
-def test_scores_are_the_dot_products_of_the_exported_representations(cls):
-    model = _build(cls, "own").eval()
-    with torch.no_grad():
-        model.prepare_eval()
-        users, items = model.representations()
-        batch = torch.arange(0, U, 3)
-        torch.testing.assert_close(model.full_scores(batch), users[batch] @ items.T)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from mllmrec.graph import semantic_graph
-from mllmrec.models import BPR, FREEDOM, VBPR, LightGCN, MLLMRec
+from mllmrec.models import BPR, FREEDOM, LATTICE, VBPR, LGMRec, LightGCN, MLLMRec
 
 N_USERS, N_ITEMS, D_T = 11, 9, 6
 
@@ -29,10 +29,19 @@ def _models():
     yield "mllmrec w/ GCN_UI", MLLMRec(item_features=features, user_features=user_features, item_graph=graph, d=4,
                                        train_interactions=train, ui_layers=1)
     yield "bpr", BPR(n_users=N_USERS, n_items=N_ITEMS, d=4)
-    yield "vbpr", VBPR(item_features=features, n_users=N_USERS, d=4)
+    modalities = {"text": features, "image": torch.randn(N_ITEMS, D_T + 2, generator=torch.Generator().manual_seed(2))}
+    yield "vbpr", VBPR(item_modalities=modalities, n_users=N_USERS, n_items=N_ITEMS, d=4)
     yield "lightgcn", LightGCN(train_interactions=train, n_users=N_USERS, n_items=N_ITEMS, d=4, layers=2)
-    yield "freedom", FREEDOM(item_features=features, item_graph=graph, train_interactions=train, n_users=N_USERS,
-                             n_items=N_ITEMS, d=4)
+    yield "freedom", FREEDOM(item_modalities=modalities, train_interactions=train, n_users=N_USERS, n_items=N_ITEMS,
+                             knn_k=3, d=4)
+    yield "freedom+gr", FREEDOM(item_modalities=modalities, item_graph=graph, train_interactions=train,
+                                n_users=N_USERS, n_items=N_ITEMS, knn_k=3, d=4)
+    yield "lattice", LATTICE(item_modalities=modalities, train_interactions=train, n_users=N_USERS, n_items=N_ITEMS,
+                             knn_k=3, d=4)
+    yield "lgmrec", LGMRec(item_modalities=modalities, train_interactions=train, n_users=N_USERS, n_items=N_ITEMS,
+                           d=4)
+    yield "lgmrec+gr", LGMRec(item_modalities=modalities, item_graph=graph, train_interactions=train,
+                              n_users=N_USERS, n_items=N_ITEMS, d=4)
 
 
 @pytest.mark.parametrize("name, model", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
