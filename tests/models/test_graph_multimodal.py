@@ -161,3 +161,4 @@ def test_refined_switch_without_a_graph_is_an_error():
         _build(FREEDOM, "refined")
     with pytest.raises(ValueError, match="item_graph must be one of"):
         _build(LATTICE, "knn")
+

@@ -233,6 +233,11 @@ class LATTICE(Recommender):
         assert self._eval_users is not None and self._eval_items is not None
         return self._eval_users[users] @ self._eval_items.T
 
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
+        assert self._eval_users is not None and self._eval_items is not None
+        return self._eval_users, self._eval_items
+
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()
         decay, every = self.lr_decay, self.lr_decay_epochs

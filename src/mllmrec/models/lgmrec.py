@@ -212,3 +212,8 @@ class LGMRec(Recommender):
     def full_scores(self, users: Tensor) -> Tensor:
         assert self._eval_users is not None and self._eval_items is not None
         return self._eval_users[users] @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
+        assert self._eval_users is not None and self._eval_items is not None
+        return self._eval_users, self._eval_items

@@ -164,6 +164,9 @@ def _mllm_section(summary: pd.DataFrame, out: Path) -> Section:
                         "mean **validation** Recall@20 on each dataset (the `config` column):\n\n"
                         + markdown_table(table, index=True))
     section.files.append(_write(out / "mllm_table.md", section.markdown + "\n"))
+    return section
+
+
 def _table2_section(jobs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> Section:
     section = Section("Model comparison (Table 2 layout, test scores)")
     values, marked = table2(summary)
