@@ -6,7 +6,6 @@ every output or a recorded failure. The file names, columns and status words are
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 import mllmrec
-from mllmrec.cache import stable_hash
+from mllmrec.cache import sha256_file, stable_hash
 from mllmrec.data.text import clean_text
 from mllmrec.reasoning.images import ImageScan
 from mllmrec.reasoning.outputs import (
@@ -94,10 +93,6 @@ class RunState:
     seconds: Counter[str] = field(default_factory=Counter)  # generation time of this run, per kind
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _tables(state: RunState, store: GenerationStore) -> dict[str, pd.DataFrame]:
     """The three tables, by file name, from the store's records."""
     item_ids = state.items["item_id"].to_numpy(np.int64)
@@ -139,7 +134,7 @@ def merge_stamp(state: RunState, store: GenerationStore) -> str:
     keys = [*state.image_keys.values(), *state.profile_keys.values()]
     s = state.settings
     return stable_hash(
-        "reasoning-merge", mllmrec.__version__, _sha256_file(state.dataset_manifest), s.history,
+        "reasoning-merge", mllmrec.__version__, sha256_file(state.dataset_manifest), s.history,
         s.separator, s.limit_items, s.limit_users, state.n_users, list(state.users),
         sorted(state.image_keys.items()), sorted(state.profile_keys.items()), list(state.image_status),
         store.locations(keys), length=32,
@@ -160,7 +155,7 @@ def _already_merged(out_dir: Path, stamp: str) -> dict[str, Any] | None:
     tables = manifest.get("tables") or {}
     for name in (IMAGE_TABLE, ITEM_TABLE, USER_TABLE):
         table = out_dir / name
-        if not table.is_file() or tables.get(name) != _sha256_file(table):
+        if not table.is_file() or tables.get(name) != sha256_file(table):
             return None
     return manifest
 
@@ -226,7 +221,7 @@ def _summary(state: RunState, store: GenerationStore, image_df: pd.DataFrame,
         "code_version": mllmrec.__version__,
         "dataset": {"name": s.dataset.name, "display_name": s.dataset.display_name,
                     "root": str(s.dataset.root),
-                    "processed_manifest_sha256": _sha256_file(state.dataset_manifest)},
+                    "processed_manifest_sha256": sha256_file(state.dataset_manifest)},
         "mllm": {"name": mllm.name, "model_id": mllm.model_id, "revision": mllm.revision,
                  "identity": state.backend_identity, "vision": mllm.vision},
         "backend": state.backend_name,

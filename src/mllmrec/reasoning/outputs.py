@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mllmrec.cache import atomic_path, atomic_write_json
+from mllmrec.cache import atomic_path, atomic_write_json, sha256_file
 from mllmrec.data.errors import DatasetError
 from mllmrec.data.processed import DatasetLayout
 from mllmrec.errors import ConfigError
@@ -223,14 +223,6 @@ def read_reasoning_outputs(layout: DatasetLayout, dataset: str, mllm: str, histo
     return ReasoningTexts(folder, _texts(items, item_text_source), profiles, statuses)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_reasoning_outputs(folder: Path, tables: Mapping[str, pd.DataFrame],
                             manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Write the three tables (each atomically, columns checked against :data:`TABLE_COLUMNS`), then
@@ -247,7 +239,7 @@ def write_reasoning_outputs(folder: Path, tables: Mapping[str, pd.DataFrame],
         path = folder / name
         with atomic_path(path) as tmp:
             frame.to_parquet(tmp, index=False)
-        hashes[name] = _sha256_file(path)
+        hashes[name] = sha256_file(path)
     written = {**manifest, "format": OUTPUT_FORMAT, "format_version": OUTPUT_FORMAT_VERSION,
                "tables": hashes}
     atomic_write_json(folder / MANIFEST, written)
@@ -282,7 +274,7 @@ def outputs_fingerprint(folder: str | os.PathLike) -> str:
         elif name in recorded and path.stat().st_mtime_ns <= manifest_mtime:
             digests[name] = str(recorded[name])
         else:
-            digests[name] = _sha256_file(path)
+            digests[name] = sha256_file(path)
     if manifest_mtime < 0 and all(d == "absent" for d in digests.values()):
         raise FileNotFoundError(f"{folder} holds no reasoning outputs ({MANIFEST} or tables)")
     text = json.dumps({"format_version": OUTPUT_FORMAT_VERSION, "tables": digests}, sort_keys=True)

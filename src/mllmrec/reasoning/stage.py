@@ -32,6 +32,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mllmrec.cache import sha256_file
 from mllmrec.errors import ConfigError
 from mllmrec.reasoning.outputs import ITEM_TABLE, MANIFEST, USER_TABLE
 
@@ -82,14 +83,6 @@ def outputs_folder(cfg: DictConfig | Mapping[str, Any]) -> Path:
     return DatasetLayout(settings.dataset.root).reasoning(settings.output_name, settings.history)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _drop(container: dict, dotted: str) -> None:
     *parents, last = dotted.split(".")
     for key in parents:
@@ -110,7 +103,7 @@ def stage_fingerprint(cfg: DictConfig | Mapping[str, Any]) -> str:
     for key in RESULT_NEUTRAL_REASON_KEYS:
         _drop(container, key)
     manifest = DatasetLayout(_settings(cfg).dataset.root).manifest
-    container["processed_manifest"] = _sha256(manifest) if manifest.is_file() else None
+    container["processed_manifest"] = sha256_file(manifest) if manifest.is_file() else None
     text = json.dumps(container, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -127,11 +120,11 @@ def _why_not_finished(folder: Path, fingerprint: str) -> str | None:
         return f"unreadable record ({err})"
     if record.get("fingerprint") != fingerprint:
         return f"made for another config (fingerprint {record.get('fingerprint')}, now {fingerprint})"
-    if record.get("manifest_sha256") != _sha256(manifest_path):
+    if record.get("manifest_sha256") != sha256_file(manifest_path):
         return "manifest.json changed since the recorded run"
     for name, digest in (manifest.get("tables") or {}).items():
         table = folder / name
-        if not table.is_file() or _sha256(table) != digest:
+        if not table.is_file() or sha256_file(table) != digest:
             return f"{name} is missing or differs from the manifest"
     return None
 
@@ -182,7 +175,7 @@ def run_stage(cfg: DictConfig | Mapping[str, Any], is_done: Callable[[DictConfig
             log.info("skipping: %s already holds these reasoning outputs (skip_finished=false reruns it)",
                      folder)
             return folder
-        from mllmrec.cache import atomic_write_json
+        from mllmrec.cache import atomic_write_json, sha256_file
         from mllmrec.reasoning.pipeline import run_reasoning
 
         result = run_reasoning(cfg)
@@ -193,7 +186,7 @@ def run_stage(cfg: DictConfig | Mapping[str, Any], is_done: Callable[[DictConfig
         if result.complete:
             atomic_write_json(result.out_dir / STAGE_FILE, {
                 "fingerprint": stage_fingerprint(cfg),
-                "manifest_sha256": _sha256(result.out_dir / MANIFEST),
+                "manifest_sha256": sha256_file(result.out_dir / MANIFEST),
             })
         return result.out_dir
     finally:

@@ -27,7 +27,6 @@ the last position only, so a prompt's length costs only its transformer layers.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.resources
 import json
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mllmrec.cache import file_lock
+from mllmrec.cache import file_lock, sha256_file
 from mllmrec.reasoning.backends.base import (
     BackendError,
     BackendNotInstalled,
@@ -87,19 +86,11 @@ def resolve_gguf(spec: Mapping[str, Any]) -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _converted_folder(path: Path, cache_dir: Path) -> Path:
     """Where the converted copy of the GGUF file ``path`` lives (keyed by content and transformers)."""
     import transformers
 
-    return Path(cache_dir) / f"{path.stem}-{_file_sha256(path)[:16]}-tf{transformers.__version__}-f{FOLDER_FORMAT}"
+    return Path(cache_dir) / f"{path.stem}-{sha256_file(path)[:16]}-tf{transformers.__version__}-f{FOLDER_FORMAT}"
 
 
 def _read_gguf(path: Path) -> tuple[Any, Any]:
