@@ -125,7 +125,7 @@ def test_a_finished_job_reruns_when_its_reasoning_outputs_change(tmp_path, monke
     # the same tables written again (a rerun of reason.py from its cache): still the same job; and
     # the manifest's hashes are used, no table is read
     _write_outputs(root, "fakellm", ["likes red", "likes blue"])
-    monkeypatch.setattr(outputs, "_sha256_file", lambda path: pytest.fail(f"{path} was re-hashed"))
+    monkeypatch.setattr(outputs, "sha256_file", lambda path: pytest.fail(f"{path} was re-hashed"))
     assert finished_summary(cfg) == summary
     monkeypatch.undo()
 
