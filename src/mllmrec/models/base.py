@@ -20,7 +20,7 @@ from mllmrec.metrics import RankingMetrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OptimizerFactory", "Recommender", "bpr_loss", "require_at_least"]
+__all__ = ["OptimizerFactory", "PrecomputedScores", "Recommender", "bpr_loss", "require_at_least"]
 
 
 def require_at_least(key: str, value: float, minimum: float) -> None:
@@ -205,3 +205,26 @@ class Recommender(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("validation_history", []))
+
+
+class PrecomputedScores(Recommender):
+    """A recommender whose :meth:`prepare_eval` computes every user's and item's final representation
+    once per validation/test pass (graph propagation): scores and exports are their dot products.
+
+    Subclasses set ``self._eval_users`` [U, d] and ``self._eval_items`` [I, d] in ``prepare_eval``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._eval_users: Tensor | None = None
+        self._eval_items: Tensor | None = None
+
+    def full_scores(self, users: Tensor) -> Tensor:
+        """Shapes: [B] -> [B, I]."""
+        assert self._eval_users is not None and self._eval_items is not None, "call prepare_eval() first"
+        return self._eval_users[users] @ self._eval_items.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
+        assert self._eval_users is not None and self._eval_items is not None, "call prepare_eval() first"
+        return self._eval_users, self._eval_items

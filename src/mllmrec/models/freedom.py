@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
 from mllmrec.models.mmrec_parts import check_item_graph_choice, normalized_knn_graph, require_modalities
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
@@ -88,7 +88,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
-class FREEDOM(Recommender):
+class FREEDOM(PrecomputedScores):
     r"""FREEDOM.
 
     .. math::
@@ -179,8 +179,6 @@ class FREEDOM(Recommender):
         # torch's default Linear initialisation
         self.feature_tables = nn.ParameterDict({name: nn.Parameter(f.clone()) for name, f in feats.items()})
         self.feature_projections = nn.ModuleDict({name: nn.Linear(f.shape[1], d) for name, f in feats.items()})
-        self._eval_users: Tensor | None = None
-        self._eval_items: Tensor | None = None
 
     @staticmethod
     def modality_graph(feats: Mapping[str, Tensor], knn_k: int, image_weight: float) -> Tensor:
@@ -238,11 +236,3 @@ class FREEDOM(Recommender):
     def prepare_eval(self) -> None:
         self._eval_users, self._eval_items = self.propagated(self.full_graph)
 
-    def full_scores(self, users: Tensor) -> Tensor:
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users[users] @ self._eval_items.T
-
-    def representations(self) -> tuple[Tensor, Tensor]:
-        """User ``e_u`` [U, d] and item ``e_i + h_i`` [I, d] on the full (unpruned) graph."""
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users, self._eval_items

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
 from mllmrec.models.mmrec_parts import (
     check_item_graph_choice,
     edge_propagate,
@@ -90,7 +90,7 @@ def self_loop_random_walk(users: Tensor, items: Tensor, n_users: int, n_items: i
     return torch.sparse_coo_tensor(adj.indices(), adj.values() / degree[rows], (n, n)).coalesce()
 
 
-class LATTICE(Recommender):
+class LATTICE(PrecomputedScores):
     r"""LATTICE with MMRec's LightGCN backbone.
 
     .. math::
@@ -181,8 +181,6 @@ class LATTICE(Recommender):
         self.modal_weight = nn.Parameter(torch.full((len(names),), 0.5))
         self._item_edges: Edges | None = None  # the graph S of the current epoch (detached after batch 1)
         self._rebuild = True
-        self._eval_users: Tensor | None = None
-        self._eval_items: Tensor | None = None
 
     # ------------------------------------------------------------------ the item graph
     def item_edges(self) -> Edges:
@@ -228,15 +226,6 @@ class LATTICE(Recommender):
 
     def prepare_eval(self) -> None:
         self._eval_users, self._eval_items = self.propagated(self.item_edges())  # MMRec rebuilds here too
-
-    def full_scores(self, users: Tensor) -> Tensor:
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users[users] @ self._eval_items.T
-
-    def representations(self) -> tuple[Tensor, Tensor]:
-        """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users, self._eval_items
 
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
 from mllmrec.models.mmrec_parts import check_item_graph_choice, emb_loss, require_modalities
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
@@ -70,7 +70,7 @@ def infonce_sum(anchor: Tensor, positive: Tensor, candidates: Tensor, tau: float
     return -torch.log(pos / total).sum()
 
 
-class LGMRec(Recommender):
+class LGMRec(PrecomputedScores):
     r"""LGMRec.
 
     Args:
@@ -155,8 +155,6 @@ class LGMRec(Recommender):
         self.hyperedges = nn.ParameterDict(
             {n: nn.Parameter(nn.init.xavier_uniform_(torch.zeros(f.shape[1], hyper_num))) for n, f in feats.items()})
         self.hyper_dropout = nn.Dropout(p=1.0 - keep_rate)
-        self._eval_users: Tensor | None = None
-        self._eval_items: Tensor | None = None
 
     # ------------------------------------------------------------------ representations
     def _features(self, name: str) -> Tensor:
@@ -209,11 +207,3 @@ class LGMRec(Recommender):
     def prepare_eval(self) -> None:
         self._eval_users, self._eval_items, _ = self.forward()
 
-    def full_scores(self, users: Tensor) -> Tensor:
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users[users] @ self._eval_items.T
-
-    def representations(self) -> tuple[Tensor, Tensor]:
-        """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users, self._eval_items

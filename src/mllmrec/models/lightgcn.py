@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import OptimizerFactory, Recommender, require_at_least
+from mllmrec.models.base import OptimizerFactory, PrecomputedScores, require_at_least
 from mllmrec.models.mmrec_parts import emb_loss, mmrec_bpr_loss
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["LightGCN"]
 
 
-class LightGCN(Recommender):
+class LightGCN(PrecomputedScores):
     r"""LightGCN.
 
     .. math::
@@ -66,8 +66,6 @@ class LightGCN(Recommender):
         self.item_embedding = nn.Embedding(n_items, d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self._eval_users: Tensor | None = None
-        self._eval_items: Tensor | None = None
 
     def propagated(self) -> tuple[Tensor, Tensor]:
         """Final user [U, d] and item [I, d] representations."""
@@ -87,11 +85,3 @@ class LightGCN(Recommender):
     def prepare_eval(self) -> None:
         self._eval_users, self._eval_items = self.propagated()
 
-    def full_scores(self, users: Tensor) -> Tensor:
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users[users] @ self._eval_items.T
-
-    def representations(self) -> tuple[Tensor, Tensor]:
-        """The propagated (layer-mean) user [U, d] and item [I, d] embeddings."""
-        assert self._eval_users is not None and self._eval_items is not None
-        return self._eval_users, self._eval_items

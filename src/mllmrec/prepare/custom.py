@@ -339,12 +339,7 @@ def prepare_custom(
                  f"{filtered.n_users:,}", f"{filtered.n_items:,}", f"{len(filtered.users):,}")
         labels = mmrec_split(filtered.users, filtered.timestamp, seed=int(split_seed), mode=opts.split_mode)
         items, item_report = build_custom_items(source, filtered, layout, opts)
-        users = pd.DataFrame({"user_id": np.arange(filtered.n_users, dtype=np.int64),
-                              "source_id": filtered.user_source.astype(str)})
-        interactions = pd.DataFrame({
-            "user_id": filtered.users, "item_id": filtered.items, "rating": filtered.rating,
-            "timestamp": filtered.timestamp, "x_label": labels,
-        })
+        users, interactions = filtered.tables(labels)
         manifest = {
             "name": name,
             "display_name": display_name or name,

@@ -158,6 +158,17 @@ class FilteredInteractions:
     def n_items(self) -> int:
         return len(self.item_source)
 
+    def tables(self, labels: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The processed format's ``users`` (new id -> raw ``source_id``) and ``interactions`` tables,
+        with the split's ``x_label`` per row (0 train / 1 valid / 2 test)."""
+        users = pd.DataFrame({"user_id": np.arange(self.n_users, dtype=np.int64),
+                              "source_id": self.user_source.astype(str)})
+        interactions = pd.DataFrame({
+            "user_id": self.users, "item_id": self.items, "rating": self.rating,
+            "timestamp": self.timestamp, "x_label": labels,
+        })
+        return users, interactions
+
 
 def _names(dictionary: pa.Array, codes: np.ndarray) -> np.ndarray:
     return np.asarray(dictionary.take(pa.array(codes, type=pa.int64())).to_pylist(), dtype=object)

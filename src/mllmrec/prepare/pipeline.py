@@ -362,12 +362,7 @@ def prepare_amazon(
         image_stats["with_image"] = len(paths)
 
         items = build_items(filtered.item_source, meta, urls, paths)
-        users = pd.DataFrame({"user_id": np.arange(filtered.n_users, dtype=np.int64),
-                              "source_id": filtered.user_source.astype(str)})
-        interactions = pd.DataFrame({
-            "user_id": filtered.users, "item_id": filtered.items, "rating": filtered.rating,
-            "timestamp": filtered.timestamp, "x_label": labels,
-        })
+        users, interactions = filtered.tables(labels)
         manifest = {
             "name": name,
             "display_name": display_name or name,
