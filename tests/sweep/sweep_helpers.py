@@ -254,7 +254,7 @@ def write_fake_sweep(root: Path, jobs: list[dict] | None = None, failed: bool = 
             "dataset": {"name": j["dataset"], "tuned": {"alpha": j["alpha"], "kc": j["kc"]}},
             "mllm": {"name": j["mllm"]},
             "graph": {"ks": 10, "alpha": "${dataset.tuned.alpha}", "kc": "${dataset.tuned.kc}", "layers": 1},
-            "model": {"d": j["d"], "lr": 0.001, "layers": "${graph.layers}"},
+            "model": {"_target_": "mllmrec.models.MLLMRec", "d": j["d"], "lr": 0.001, "layers": "${graph.layers}"},
             "data": {"graph": "${graph}", "batch_size": 2048},
             "callbacks": {"model_checkpoint": {"dirpath": "${paths.output_dir}/checkpoints"}},
         }
@@ -266,6 +266,64 @@ def write_fake_sweep(root: Path, jobs: list[dict] | None = None, failed: bool = 
             continue
         scores = fake_scores(j["dataset"], j["variant"], j["mllm"], j["alpha"], j["kc"], j["d"], j["seed"])
         (folder / "metrics.json").write_text(json.dumps({"best_epoch": 3, **scores}), encoding="utf-8")
+    return root
+
+
+# ------------------------------------------- a fake sweep of models x {without, with} GR (Table 2, Fig. 3)
+COMPARISON_DATASETS = ("baby", "sports")
+COMPARISON_SEEDS = (1, 2, 3)
+# (variant, model.reg_weight) -> (base valid R@20, base test R@20, model class). For FREEDOM validation
+# prefers reg 1e-4 and test would prefer 1e-3; LightGCN is the best baseline on validation but FREEDOM is
+# on test; the ablation "w/o RS" (MLLMRec's own class) beats every baseline on validation but is no baseline.
+COMPARISON_BASE = {
+    ("MLLMRec", 0.0): (0.150, 0.160, "mllmrec.models.MLLMRec"),
+    ("w/o RS", 0.0): (0.140, 0.150, "mllmrec.models.MLLMRec"),
+    ("BPR", 1e-4): (0.050, 0.055, "mllmrec.models.BPR"),
+    ("LightGCN", 1e-4): (0.120, 0.080, "mllmrec.models.LightGCN"),
+    ("FREEDOM", 1e-4): (0.100, 0.100, "mllmrec.models.FREEDOM"),
+    ("FREEDOM", 1e-3): (0.090, 0.130, "mllmrec.models.FREEDOM"),
+    ("FREEDOM+GR", 1e-4): (0.110, 0.115, "mllmrec.models.FREEDOM"),
+    ("LATTICE", 1e-4): (0.085, 0.090, "mllmrec.models.LATTICE"),
+    ("LATTICE+GR", 1e-4): (0.095, 0.098, "mllmrec.models.LATTICE"),
+}
+
+
+def comparison_scores(dataset: str, variant: str, reg: float, seed: int) -> dict:
+    """Deterministic valid/test metrics of one job of the comparison sweep (seed- and variant-dependent)."""
+    valid, test, _ = COMPARISON_BASE[(variant, reg)]
+    shift = 0.01 if dataset == "sports" else 0.0
+    noise = 0.003 * seed * (1 + len(variant) % 3) + 0.001 * (seed % 2)
+    out = {}
+    for split, base in (("valid", valid), ("test", test)):
+        r20 = base + shift + noise
+        out[split] = {"recall@20": r20, "recall@10": 0.6 * r20, "ndcg@20": 0.45 * r20, "ndcg@10": 0.4 * r20}
+    return out
+
+
+def comparison_mean_test(dataset: str, variant: str, reg: float, metric: str = "recall@20") -> float:
+    """The hand-computed mean over seeds of one configuration's test ``metric``."""
+    return sum(comparison_scores(dataset, variant, reg, s)["test"][metric] for s in COMPARISON_SEEDS) / len(COMPARISON_SEEDS)
+
+
+def write_comparison_sweep(root: Path, variants: set[str] | None = None, model_class: bool = True) -> Path:
+    """A sweep folder of :data:`COMPARISON_BASE` (all, or only ``variants``) x datasets x seeds; with
+    ``model_class`` each config names its ``model._target_`` as train.py's configs do."""
+    from omegaconf import OmegaConf
+
+    for dataset in COMPARISON_DATASETS:
+        for (variant, reg), (_, _, target) in COMPARISON_BASE.items():
+            if variants is not None and variant not in variants:
+                continue
+            for seed in COMPARISON_SEEDS:
+                folder = root / f"{dataset}_{variant.replace('/', '_')}_{reg}_{seed}"
+                (folder / ".hydra").mkdir(parents=True)
+                model = {"reg_weight": reg, **({"_target_": target} if model_class else {})}
+                config = {"variant": variant, "seed": seed, "dataset": {"name": dataset},
+                          "mllm": {"name": "none"}, "model": model}
+                OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
+                OmegaConf.save(OmegaConf.create([f"seed={seed}"]), folder / ".hydra" / "overrides.yaml")
+                scores = comparison_scores(dataset, variant, reg, seed)
+                (folder / "metrics.json").write_text(json.dumps({"best_epoch": 1, **scores}), encoding="utf-8")
     return root
 
 

@@ -1,70 +1,53 @@
 """Table 2's layout, the improvement over the best baseline (selected on validation, paired t-test over
 seeds) and Fig. 3's data (R@20 without / with the refined graph per host), on a fake sweep whose
-scores are known: validation and test disagree on purpose, so selecting on test would show."""
+scores are known (tests/sweep/sweep_helpers.py: COMPARISON_BASE): validation and test disagree on
+purpose, so selecting on test would show, and an ablation of MLLMRec beats the baselines on validation,
+so counting it as a baseline would show."""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from scipy.stats import ttest_rel
 
-from mllmrec.report import build_report, gr_comparison, improvement_over_best_baseline, load_jobs, summarize, table2
+from mllmrec.report import (
+    ablation_variants,
+    build_report,
+    gr_comparison,
+    improvement_over_best_baseline,
+    load_jobs,
+    summarize,
+    table2,
+)
 
-SEEDS = (1, 2, 3)
-DATASETS = ("baby", "sports")
-# (variant, model.reg_weight) -> base R@20 on (valid, test). For FREEDOM validation prefers reg 1e-4
-# and test would prefer 1e-3; LightGCN is the best baseline on validation but FREEDOM is on test.
-BASE = {
-    ("MLLMRec", 0.0): (0.150, 0.160),
-    ("BPR", 1e-4): (0.050, 0.055),
-    ("LightGCN", 1e-4): (0.120, 0.080),
-    ("FREEDOM", 1e-4): (0.100, 0.100),
-    ("FREEDOM", 1e-3): (0.090, 0.130),
-    ("FREEDOM+GR", 1e-4): (0.110, 0.115),
-    ("LATTICE", 1e-4): (0.085, 0.090),
-    ("LATTICE+GR", 1e-4): (0.095, 0.098),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def scores(dataset: str, variant: str, reg: float, seed: int) -> dict:
-    valid, test = BASE[(variant, reg)]
-    shift = 0.01 if dataset == "sports" else 0.0
-    noise = 0.003 * seed * (1 + len(variant) % 3) + 0.001 * (seed % 2)
-    out = {}
-    for split, base in (("valid", valid), ("test", test)):
-        r20 = base + shift + noise
-        out[split] = {"recall@20": r20, "recall@10": 0.6 * r20, "ndcg@20": 0.45 * r20, "ndcg@10": 0.4 * r20}
-    return out
+from sweep_helpers import COMPARISON_DATASETS as DATASETS  # noqa: E402
+from sweep_helpers import COMPARISON_SEEDS as SEEDS  # noqa: E402
+from sweep_helpers import comparison_mean_test as _mean_test  # noqa: E402
+from sweep_helpers import comparison_scores as scores  # noqa: E402
+from sweep_helpers import write_comparison_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("comparison") / "multirun" / "models"
-    for dataset in DATASETS:
-        for (variant, reg) in BASE:
-            for seed in SEEDS:
-                folder = root / f"{dataset}_{variant}_{reg}_{seed}"
-                (folder / ".hydra").mkdir(parents=True)
-                config = {"variant": variant, "seed": seed, "dataset": {"name": dataset},
-                          "mllm": {"name": "none"}, "model": {"reg_weight": reg}}
-                OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
-                OmegaConf.save(OmegaConf.create([f"seed={seed}"]), folder / ".hydra" / "overrides.yaml")
-                (folder / "metrics.json").write_text(json.dumps({"best_epoch": 1, **scores(dataset, variant, reg, seed)}))
-    return root
+    return write_comparison_sweep(tmp_path_factory.mktemp("comparison") / "multirun" / "models")
 
 
-def _mean_test(dataset, variant, reg, metric="recall@20"):
-    return float(np.mean([scores(dataset, variant, reg, s)["test"][metric] for s in SEEDS]))
+def test_ablations_are_the_variants_running_the_full_models_class(sweep, tmp_path):
+    jobs, _ = load_jobs(sweep)
+    assert ablation_variants(jobs) == ["w/o RS"]
+    # configs that do not name their model class: nothing is known to be an ablation
+    unnamed = write_comparison_sweep(tmp_path / "unnamed", model_class=False)
+    assert ablation_variants(load_jobs(unnamed)[0]) == []
 
 
 def test_table2_cells_are_test_means_of_the_validation_choice_with_marks(sweep):
     jobs, _ = load_jobs(sweep)
-    values, marked = table2(summarize(jobs))
+    values, marked = table2(summarize(jobs), exclude=ablation_variants(jobs))
     assert set(values.index) == {"BPR", "FREEDOM", "LATTICE", "LightGCN", "MLLMRec"}
     assert not any(v.endswith("+GR") for v in values.index)  # +GR rows belong to Fig. 3
     assert set(values.columns) == {(d, m) for d in DATASETS for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}
@@ -78,6 +61,8 @@ def test_table2_cells_are_test_means_of_the_validation_choice_with_marks(sweep):
         assert column.index[0] == "MLLMRec" and column.index[1] == "FREEDOM"
         third = column.index[2]
         assert marked.loc[third, (dataset, "recall@20")] == f"{column.iloc[2]:.4f}"
+    # without the exclusion the ablation is a row (and takes the second place)
+    assert "w/o RS" in table2(summarize(jobs))[0].index
 
 
 def test_improvement_is_over_the_best_baseline_on_validation_with_a_paired_ttest(sweep):
@@ -86,7 +71,8 @@ def test_improvement_is_over_the_best_baseline_on_validation_with_a_paired_ttest
     assert list(result["dataset.name"]) == list(DATASETS)
     for _, row in result.iterrows():
         dataset = row["dataset.name"]
-        assert row["best baseline"] == "LightGCN"  # best on validation, though FREEDOM is better on test
+        # best on validation, though FREEDOM is better on test and the ablation w/o RS better on validation
+        assert row["best baseline"] == "LightGCN"
         ours, base = _mean_test(dataset, "MLLMRec", 0.0), _mean_test(dataset, "LightGCN", 1e-4)
         assert row["improv. recall@20"] == pytest.approx((ours - base) / base)
         a = [scores(dataset, "MLLMRec", 0.0, s)["test"]["recall@20"] for s in SEEDS]
@@ -94,6 +80,13 @@ def test_improvement_is_over_the_best_baseline_on_validation_with_a_paired_ttest
         expected = ttest_rel(a, b)
         assert row["pairs"] == 3
         assert row["t"] == pytest.approx(expected.statistic) and row["p"] == pytest.approx(expected.pvalue)
+
+
+def test_no_baseline_means_no_improvement_row(tmp_path):
+    only_ours = write_comparison_sweep(tmp_path / "ours", variants={"MLLMRec", "w/o RS"})
+    jobs, _ = load_jobs(only_ours)
+    assert improvement_over_best_baseline(jobs).empty
+    assert list(table2(summarize(jobs), exclude=ablation_variants(jobs))[0].index) == ["MLLMRec"]
 
 
 def test_fig3_data_pairs_each_host_with_its_gr_variant(sweep):
@@ -113,9 +106,16 @@ def test_report_writes_table2_and_fig3_from_that_data(sweep, tmp_path):
     titles = {s.title: s for s in sections}
     assert not titles["Model comparison (Table 2 layout, test scores)"].note
     table = (out / "table2.md").read_text()
-    assert "**" in table and "LightGCN" in table and "FREEDOM+GR" not in table.split("Improvement")[0]
+    rows = table.split("Improvement")[0]
+    assert "**" in rows and "LightGCN" in rows and "FREEDOM+GR" not in rows and "w/o RS" not in rows
     written = pd.read_csv(out / "fig3.csv")
     pd.testing.assert_frame_equal(written, gr_comparison(summarize(load_jobs(sweep)[0])).reset_index(drop=True),
                                   check_dtype=False)
     for dataset in DATASETS:
         assert (out / f"fig3_{dataset}.png").stat().st_size > 5000
+
+
+def test_report_notes_a_sweep_without_baselines(tmp_path):
+    sections = build_report(write_comparison_sweep(tmp_path / "ours", variants={"MLLMRec", "w/o RS"}), tmp_path / "r")
+    note = {s.title: s for s in sections}["Model comparison (Table 2 layout, test scores)"].note
+    assert note.startswith("fewer than two models")

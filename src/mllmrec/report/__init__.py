@@ -12,8 +12,9 @@ Reads every job folder under the sweep dir (``metrics.json`` + ``.hydra/config.y
   configuration chosen on validation, and which one it was);
 * ``ablation_table.md`` — Table 3's layout (rows: the config key ``variant``, columns: datasets);
 * ``ttest.md`` — paired t-test (``scipy.stats.ttest_rel``) of two variants' test R@20 over seeds;
-* ``table2.md`` — Table 2's layout (models x datasets x R/N@10/20, best **bold**, second _underlined_),
-  and the full model's improvement over the best baseline with a paired t-test over seeds;
+* ``table2.md`` — Table 2's layout (models x datasets x R/N@10/20, best **bold**, second _underlined_;
+  ablations of the full model, variants running its own ``model._target_``, are not rows), and the
+  full model's improvement over the best baseline with a paired t-test over seeds;
 * ``fig3_<dataset>.png`` / ``fig3.csv`` — Fig. 3: test R@20 of every host model without and with the
   refined graph (variants ``<host>`` and ``<host>+GR``);
 * ``report.md`` — all of it, with a note for every section that had no data.
@@ -22,10 +23,11 @@ Wherever several configurations compete for one cell (a heatmap cell, a table ce
 curve), the one with the best mean validation score is shown, with its mean test score over seeds.
 """
 
-from mllmrec.report.document import Section, build_report, main, markdown_table
+from mllmrec.report.document import Section, build_report, fig3_figures, main, markdown_table, table2_markdown
 from mllmrec.report.tables import (
     METRICS,
     SPLITS,
+    ablation_variants,
     alpha_kc_grid,
     best_by_validation,
     config_keys,
@@ -43,6 +45,6 @@ from mllmrec.report.tables import (
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
     "layout_table", "selected_table", "reference_variant", "paired_ttest", "table2",
-    "improvement_over_best_baseline", "gr_comparison",
-    "markdown_table", "Section", "build_report", "main",
+    "improvement_over_best_baseline", "gr_comparison", "ablation_variants",
+    "markdown_table", "table2_markdown", "fig3_figures", "Section", "build_report", "main",
 ]

@@ -21,6 +21,7 @@ from mllmrec.report.tables import (
     D,
     _cell,
     _key_text,
+    ablation_variants,
     alpha_kc_grid,
     best_by_validation,
     gr_comparison,
@@ -36,7 +37,10 @@ from mllmrec.report.tables import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["markdown_table", "Section", "build_report", "main"]
+__all__ = ["markdown_table", "table2_markdown", "fig3_figures", "FIG3_SERIES", "Section", "build_report", "main"]
+
+#: Fig. 3's bar series: the column of :func:`gr_comparison` -> the legend label
+FIG3_SERIES = {"without": "without GR", "with": "with GR"}
 
 
 def markdown_table(frame: pd.DataFrame, index: bool = False, floatfmt: str = ".4f") -> str:
@@ -167,16 +171,31 @@ def _mllm_section(summary: pd.DataFrame, out: Path) -> Section:
     return section
 
 
-def _table2_section(jobs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> Section:
-    section = Section("Model comparison (Table 2 layout, test scores)")
-    values, marked = table2(summary)
-    if len(values) < 2:
-        section.note = "fewer than two models (variants without +GR) in this sweep"
-        return section
+def table2_markdown(marked: pd.DataFrame) -> str:
+    """Table 2 (the ``marked`` frame of :func:`table2`) as one Markdown table, columns ``<dataset> <metric>``."""
     flat = marked.copy()
     flat.columns = [f"{dataset} {metric}" for dataset, metric in marked.columns]
+    return markdown_table(flat, index=True)
+
+
+def fig3_figures(data: pd.DataFrame, out: Path) -> list[Path]:
+    """Fig. 3 from :func:`gr_comparison`'s frame: per dataset ``out/fig3_<dataset>.png``, grouped bars
+    of test R@20 per host model, one bar without and one with the refined graph."""
+    from mllmrec import plots
+
+    return [plots.grouped_bars(list(frame["host"]), {label: list(frame[column]) for column, label in FIG3_SERIES.items()},
+                               out / f"fig3_{dataset}.png", f"{dataset}: test recall@20", "recall@20")
+            for dataset, frame in data.groupby(DATASET, sort=True)]
+
+
+def _table2_section(jobs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> Section:
+    section = Section("Model comparison (Table 2 layout, test scores)")
+    values, marked = table2(summary, exclude=ablation_variants(jobs))
+    if len(values) < 2:
+        section.note = "fewer than two models (variants without +GR, ablations left out) in this sweep"
+        return section
     parts = ["Configuration chosen by validation R@20 per cell; **best**, _second best_ per column.\n\n"
-             + markdown_table(flat, index=True)]
+             + table2_markdown(marked)]
     improvement = improvement_over_best_baseline(jobs)
     if not improvement.empty:
         parts.append("Improvement of the full model over the best baseline (chosen by validation R@20), "
@@ -187,17 +206,12 @@ def _table2_section(jobs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> Sec
 
 
 def _gr_section(summary: pd.DataFrame, out: Path) -> Section:
-    from mllmrec import plots
-
     section = Section("Plug-and-play refined graph (Fig. 3, test R@20)")
     data = gr_comparison(summary)
     if data.empty:
         section.note = "no <model>+GR variant in this sweep"
         return section
-    for dataset, frame in data.groupby(DATASET, sort=True):
-        section.files.append(plots.grouped_bars(
-            list(frame["host"]), {"without GR": list(frame["without"]), "with GR": list(frame["with"])},
-            out / f"fig3_{dataset}.png", f"{dataset}: test recall@20", "recall@20"))
+    section.files += fig3_figures(data, out)
     section.files.append(_write(out / "fig3.csv", data.to_csv(index=False)))
     section.markdown = markdown_table(data) + "\n\n" + "\n".join(
         f"![{p.stem}]({p.name})" for p in section.files if p.suffix == ".png")

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SPLITS", "METRICS", "load_jobs", "config_keys", "summarize", "best_by_validation", "alpha_kc_grid",
     "layout_table", "selected_table", "reference_variant", "paired_ttest", "GR_SUFFIX", "table2",
-    "improvement_over_best_baseline", "gr_comparison",
+    "improvement_over_best_baseline", "gr_comparison", "ablation_variants",
 ]
 
 SPLITS = ("valid", "test")
@@ -30,6 +30,8 @@ DATASET, MLLM, VARIANT, ALPHA, KC, D, SEED = (
 REFERENCE_VARIANTS = ("MLLMRec", "full")
 #: the variant-name suffix of a host model run with MLLMRec's refined graph (conf/experiment/*_gr.yaml)
 GR_SUFFIX = "+GR"
+#: the config leaf naming a run's model class (every conf/model/*.yaml sets it)
+MODEL_CLASS = "model._target_"
 # keys that describe where things went, not what was run: never part of a configuration's identity
 _NOT_CONFIG = ("paths.", "logger.", "callbacks.", "hydra.", "tags", "task_name", "ckpt_path",
                "skip_finished", "dataset.root", "trainer.default_root_dir")
@@ -280,15 +282,32 @@ def _best_per_variant(summary: pd.DataFrame, select: str = "recall@20") -> pd.Da
     return best_by_validation(summary, [VARIANT, DATASET], select)
 
 
-def table2(summary: pd.DataFrame, select: str = "recall@20") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 2's layout: rows = models (variants without ``+GR``), columns = (dataset, metric) for
-    R@10, R@20, N@10, N@20; each cell the mean test score of the configuration chosen by validation.
+def ablation_variants(jobs: pd.DataFrame) -> list[str]:
+    """The variants that run the full model's own class (``model._target_``) under another name: the
+    ablations of Table 3 (``w/o RS``, ...), which are not baselines. Empty when the jobs' configs do
+    not name their model class (then every other variant counts as a model)."""
+    if MODEL_CLASS not in jobs or VARIANT not in jobs:
+        return []
+    variant = jobs[VARIANT].astype(str)
+    model_class = jobs[MODEL_CLASS].astype(str)
+    variants = list(dict.fromkeys(variant))
+    reference = reference_variant(variants)
+    own = set(model_class[variant == reference])
+    return [v for v in variants if v != reference and not v.endswith(GR_SUFFIX)
+            and set(model_class[variant == v]) <= own]
+
+
+def table2(summary: pd.DataFrame, select: str = "recall@20",
+           exclude: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2's layout: rows = models (variants without ``+GR``, minus ``exclude``: pass
+    :func:`ablation_variants` of the jobs), columns = (dataset, metric) for R@10, R@20, N@10, N@20;
+    each cell the mean test score of the configuration chosen by validation.
 
     Returns ``(values, marked)``: the float means, and the same as text with the best of each column in
     ``**bold**`` and the second best ``_underlined_`` (the paper's marks).
     """
     best = _best_per_variant(summary, select)
-    best = best[~best[VARIANT].astype(str).str.endswith(GR_SUFFIX)]
+    best = best[~best[VARIANT].astype(str).str.endswith(GR_SUFFIX) & ~best[VARIANT].astype(str).isin(list(exclude))]
     datasets = sorted(best[DATASET].astype(str).unique())
     variants = list(dict.fromkeys(best[VARIANT].astype(str)))
     columns = pd.MultiIndex.from_product([datasets, list(METRICS)], names=[DATASET, "metric"])
@@ -308,9 +327,11 @@ def table2(summary: pd.DataFrame, select: str = "recall@20") -> tuple[pd.DataFra
 
 def improvement_over_best_baseline(jobs: pd.DataFrame, reference: str | None = None,
                                    select: str = "recall@20") -> pd.DataFrame:
-    """Per dataset: the best baseline (the non-reference, non-``+GR`` variant with the best *validation*
-    ``select``), the reference model's relative test improvement over it per metric, and the paired
-    t-test over seeds of test ``select`` (:func:`paired_ttest`, both chosen on validation)."""
+    """Per dataset: the best baseline (the variant with the best *validation* ``select`` among those that
+    are neither the reference, a ``+GR`` host nor an ablation of the reference, :func:`ablation_variants`),
+    the reference model's relative test improvement over it per metric, and the paired t-test over seeds
+    of test ``select`` (:func:`paired_ttest`, both chosen on validation). Empty when no dataset has both."""
+    ablations = ablation_variants(jobs)
     summary = summarize(jobs)
     best = _best_per_variant(summary, select)
     variants = list(dict.fromkeys(best[VARIANT].astype(str)))
@@ -318,7 +339,8 @@ def improvement_over_best_baseline(jobs: pd.DataFrame, reference: str | None = N
     rows = []
     for dataset, frame in best.groupby(DATASET, sort=True):
         ours = frame[frame[VARIANT] == reference]
-        others = frame[(frame[VARIANT] != reference) & ~frame[VARIANT].astype(str).str.endswith(GR_SUFFIX)]
+        name = frame[VARIANT].astype(str)
+        others = frame[(name != reference) & ~name.str.endswith(GR_SUFFIX) & ~name.isin(ablations)]
         if ours.empty or others.empty:
             continue
         baseline = others.sort_values(f"valid_{select}_mean", ascending=False, kind="stable").iloc[0]
