@@ -20,6 +20,7 @@ from mllmrec.cache import build_once, stable_hash
 from mllmrec.graph import ann, knn
 from mllmrec.graph.ann import AnnParams
 from mllmrec.graph.checks import check_args
+from mllmrec.graph.store import sparse_from_state, sparse_state
 from mllmrec.graph.topk import to_sparse
 
 __all__ = [
@@ -137,22 +138,14 @@ def _build(
 
 def _save(built: RefinedGraph, path: Path) -> None:
     """One file per cache entry: the graph and its statistics are published together (one rename)."""
-    graph = built.graph.coalesce().cpu()
     stats = asdict(built.statistics)
     similarities = torch.from_numpy(stats.pop("knn_similarities"))
-    torch.save(
-        {"indices": graph.indices(), "values": graph.values(), "size": list(graph.shape),
-         "statistics": stats, "knn_similarities": similarities},
-        path,
-    )
+    torch.save({**sparse_state(built.graph), "statistics": stats, "knn_similarities": similarities}, path)
 
 
 def _load(path: Path) -> RefinedGraph:
     stored = torch.load(path, map_location="cpu", weights_only=True)
-    graph = torch.sparse_coo_tensor(
-        stored["indices"], stored["values"], tuple(stored["size"]), is_coalesced=True,
-        check_invariants=True,  # a file from disk: verify it before trusting its indices
-    )
+    graph = sparse_from_state(stored)  # a file from disk: verified before its indices are trusted
     statistics = GraphBuildStatistics(**stored["statistics"], knn_similarities=stored["knn_similarities"].numpy())
     return RefinedGraph(graph, statistics)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
-from mllmrec.models.mmrec_parts import check_item_graph_choice, normalized_knn_graph, require_modalities
+from mllmrec.models.mmrec_parts import cached_normalized_knn_graph, check_item_graph_choice, require_modalities
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["FREEDOM", "degree_sensitive_pruning", "edge_keep_count"]
@@ -113,6 +114,8 @@ class FREEDOM(PrecomputedScores):
         mm_image_weight: ``w``, the image graph's share of the mixture (0.1).
         modalities: the modalities to read (default :attr:`modalities`: image and text).
         seed: seeds the per-epoch edge sample together with the epoch number.
+        graph_cache_dir: where the frozen kNN graphs are cached (the datamodule's ``<cache>/graphs``,
+            beside the refined graph), keyed by the features' content and ``knn_k``; None = not cached.
     """
 
     #: the item modalities FREEDOM reads (MMRec: ``v_feat``, ``t_feat``)
@@ -134,6 +137,7 @@ class FREEDOM(PrecomputedScores):
         mm_image_weight: float = 0.1,
         modalities: Sequence[str] | None = None,
         seed: int = 999,
+        graph_cache_dir: str | Path | None = None,
         optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
@@ -153,7 +157,8 @@ class FREEDOM(PrecomputedScores):
         check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, "FREEDOM")
         names = tuple(modalities or type(self).modalities)
         feats = require_modalities(item_modalities, names, "FREEDOM", n_items)
-        self.save_hyperparameters(ignore=["item_modalities", "item_graph", "train_interactions", "optimizer"])
+        self.save_hyperparameters(ignore=["item_modalities", "item_graph", "train_interactions", "optimizer",
+                                          "graph_cache_dir"])
         self.hparams["item_graph"] = "refined" if refined is not None else "own"
         self.n_users, self.n_items = n_users, n_items
         self.mm_layers, self.ui_layers = mm_layers, ui_layers
@@ -162,7 +167,7 @@ class FREEDOM(PrecomputedScores):
         if refined is not None:
             graph = normalize_adjacency(refined.float().cpu())
         else:
-            graph = self.modality_graph(feats, knn_k, mm_image_weight)
+            graph = self.modality_graph(feats, knn_k, mm_image_weight, graph_cache_dir)
         self.item_item = SparseOperator(graph)
 
         users, items = bipartite_edges(train_interactions)
@@ -181,12 +186,14 @@ class FREEDOM(PrecomputedScores):
         self.feature_projections = nn.ModuleDict({name: nn.Linear(f.shape[1], d) for name, f in feats.items()})
 
     @staticmethod
-    def modality_graph(feats: Mapping[str, Tensor], knn_k: int, image_weight: float) -> Tensor:
-        """``w Ŝ_image + (1 - w) Ŝ_text`` (MMRec's ``mm_adj``); one modality: its ``Ŝ`` alone.
+    def modality_graph(feats: Mapping[str, Tensor], knn_k: int, image_weight: float,
+                       cache_dir: str | Path | None = None) -> Tensor:
+        """``w Ŝ_image + (1 - w) Ŝ_text`` (MMRec's ``mm_adj``); one modality: its ``Ŝ`` alone. Each
+        ``Ŝ_m`` is read from ``cache_dir`` when built before (:func:`cached_normalized_knn_graph`).
 
         Shapes: features ``[I, d_m]`` each -> sparse COO ``[I, I]``.
         """
-        graphs = {name: normalized_knn_graph(f, knn_k) for name, f in feats.items()}
+        graphs = {name: cached_normalized_knn_graph(f, knn_k, cache_dir) for name, f in feats.items()}
         if set(graphs) == {"image", "text"}:
             return (image_weight * graphs["image"] + (1.0 - image_weight) * graphs["text"]).coalesce()
         if len(graphs) == 1:

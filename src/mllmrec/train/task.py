@@ -69,7 +69,8 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     A model (in this package or anywhere importable via ``_target_``) declares what it needs in its
     ``__init__`` signature; the available inputs are ``item_features`` [I, d_t], ``user_features``
     [U, d_t] or None, ``item_graph`` (the refined graph, sparse [I, I]), ``train_interactions``
-    (scipy CSR [U, I], training split only), ``n_users``, ``n_items``, ``seed`` and
+    (scipy CSR [U, I], training split only), ``n_users``, ``n_items``, ``seed``, ``graph_cache_dir``
+    (the folder of the graph caches, for a model's own graphs) and
     ``item_modalities``, ``{name: [I, d_name]}`` for the modalities the model declares
     (:func:`declared_modalities`). A model that takes ``item_graph`` and ``layers`` propagates over
     that graph: its ``layers`` is ``graph.layers`` (L). A model whose YAML has an ``item_graph`` key
@@ -89,6 +90,7 @@ def model_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         "n_users": lambda: datamodule.data.n_users,
         "n_items": lambda: datamodule.data.n_items,
         "seed": lambda: int(cfg.seed),
+        "graph_cache_dir": lambda: datamodule.cache_dir / "graphs",
     }
     if "item_graph" in params and "layers" in params:
         if "layers" in cfg.model:
