@@ -100,3 +100,84 @@ def test_the_datamodule_serves_the_features_as_the_image_modality(train_cfg, dat
     dm.check_modalities(("text", "image"), "VBPR")
     served = dm.item_modalities(("image",))["image"]
     torch.testing.assert_close(served, torch.from_numpy(np.load(target)))
+
+
+# ------------------------------------------------------------------ image_encoder.library=timm|torchvision
+# (the real libraries run in the opt-in vision_libs tier: tests/prepare/test_image_features_vision_libs.py)
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"library": "keras"}, r"image_encoder.library='keras': must be one of"),
+    ({"checkpoint": "w.pth"}, r"image_encoder.checkpoint applies to library=timm\|torchvision"),
+    ({"library": "timm"}, r"neither pretrained=true nor a checkpoint"),
+    ({"library": "timm", "pretrained": True, "weights": "DEFAULT"}, r"image_encoder.weights is torchvision's"),
+    ({"library": "torchvision", "pretrained": True}, r"image_encoder.pretrained is timm's"),
+    ({"library": "torchvision"}, r"neither weights nor a checkpoint"),
+    ({"library": "torchvision", "checkpoint": "CKPT"}, r"no preprocessing of its own"),
+    ({"library": "timm", "pretrained": True, "image_size": 32}, r"image_size, mean and std go together"),
+    ({"library": "timm", "pretrained": True, "image_size": 32, "mean": [0.5] * 3, "std": [0.5, 0.0, 0.5]},
+     r"image_encoder.std=\[0.5, 0.0, 0.5\]: three values"),
+    ({"library": "timm", "checkpoint": "missing.pth"}, r"image_encoder.checkpoint=missing.pth: no such file"),
+])
+def test_image_encoder_settings_are_checked_with_their_keys(tmp_path, fields, message):
+    from mllmrec.errors import ConfigError
+
+    checkpoint = tmp_path / "w.pth"
+    checkpoint.write_bytes(b"x")
+    fields = {k: str(checkpoint) if v == "CKPT" else v for k, v in fields.items()}
+    with pytest.raises(ConfigError, match=message):
+        ImageEncoderSpec(model="resnet18", **fields)
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_a_library_that_does_not_import_stops_before_any_image_is_read(tmp_path, monkeypatch, library):
+    import sys
+
+    from mllmrec.errors import ConfigError
+
+    checkpoint = tmp_path / "w.pth"
+    checkpoint.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, library, None)  # `import <library>` raises ImportError
+    spec = ImageEncoderSpec(model="resnet18", library=library, checkpoint=str(checkpoint), image_size=32,
+                            mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(ConfigError, match=rf"image_encoder.library={library}: `import {library}` failed"):
+        build_image_features(tmp_path / "no-dataset-here", spec)
+
+
+def test_explicit_preprocessing_resizes_the_shorter_side_crops_and_normalises():
+    from PIL import Image
+
+    from mllmrec.prepare.image_features import explicit_transform
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)  # H=40, W=60
+    image = Image.fromarray(pixels)
+    out = explicit_transform(20, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))(image)
+    assert out.shape == (3, 20, 20) and out.dtype == torch.float32
+    # by hand: bicubic resize to 30 x 20 (W x H), crop columns 5..24, scale, normalise
+    resized = np.asarray(image.resize((30, 20), Image.Resampling.BICUBIC), dtype=np.float32)[:, 5:25] / 255.0
+    expected = (resized - np.array([0.1, 0.2, 0.3])) / np.array([0.5, 0.25, 2.0])
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_cache_key_covers_library_model_checkpoint_and_preprocessing(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    # the key records the library's version; the libraries themselves are not needed to compute it
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"timm": "1.0.31", "torchvision": "0.28.0"}[name])
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"weights a")
+    b.write_bytes(b"weights b")
+    base = dict(model="resnet18", library="timm", checkpoint=str(a))
+    keys = {
+        ImageEncoderSpec(**base).key(),
+        ImageEncoderSpec(**{**base, "library": "torchvision", "weights": "DEFAULT"}).key(),
+        ImageEncoderSpec(**{**base, "model": "resnet34"}).key(),
+        ImageEncoderSpec(**{**base, "checkpoint": str(b)}).key(),
+        ImageEncoderSpec(**base, image_size=32, mean=[0.5] * 3, std=[0.5] * 3).key(),
+        ImageEncoderSpec(**base, image_size=48, mean=[0.5] * 3, std=[0.5] * 3).key(),
+        ImageEncoderSpec(**base, image_size=32, mean=[0.4] * 3, std=[0.5] * 3).key(),
+    }
+    assert len(keys) == 7
+    assert ImageEncoderSpec(**base, batch_size=5, device="cpu").key() == ImageEncoderSpec(**base).key()
+    c = tmp_path / "c.pth"
+    c.write_bytes(b"weights a")  # same content, other file: same vectors, same key
+    assert ImageEncoderSpec(**{**base, "checkpoint": str(c)}).key() == ImageEncoderSpec(**base).key()
