@@ -10,6 +10,7 @@ Modules:
 * :mod:`~mllmrec.graph.refined`: ``S* = S~ + C~`` (Eq. 10), built once with its statistics, cached;
 * :mod:`~mllmrec.graph.propagation`: ``D^-1/2 A D^-1/2`` (Eq. 11) and layer-sum / layer-mean
   propagation (Eq. 12, LightGCN), for the item graph and the user-item graph alike;
+* :mod:`~mllmrec.graph.store`: a sparse graph <-> the tensors of a cache file (checked on load);
 * :mod:`~mllmrec.graph.checks`: the one argument check (names ``k_s``, ``alpha``, ``k_c``, ``layers``);
 * :mod:`~mllmrec.graph.spec`: :class:`GraphSpec`, the ``graph`` config group as one typed object, checked
   with those rules under its config keys (``graph.ks``, ``graph.alpha``, ``graph.kc``, ``graph.layers``, ``graph.knn``, ``graph.ann.*``).
