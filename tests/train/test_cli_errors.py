@@ -33,6 +33,10 @@ def run(script: str, *overrides: str, tmp_path: Path, env: dict | None = None) -
          "python reason.py dataset=demo mllm=qwen25vl"),
         ("reason.py", ["dataset=baby"], "python prepare.py dataset=baby"),
         ("prepare.py", ["dataset=mmrec", "dataset.root=/nonexistent", "dataset.name=x"], "/nonexistent"),
+        # Hydra's lists reach the spec: a 2-value mean is refused under its key
+        ("features.py", ["dataset=demo", "image_encoder.model=resnet18", "image_encoder.library=timm",
+                         "image_encoder.pretrained=true", "image_encoder.image_size=32", "image_encoder.mean=[0.5,0.5]",
+                         "image_encoder.std=[1,1,1]"], "image_encoder.mean=[0.5, 0.5]: three values"),
     ],
 )
 def test_user_error_is_one_message_and_exit_2(tmp_path, script, overrides, message):
