@@ -334,3 +334,16 @@ def test_refined_graph_replaces_both_modality_graphs_and_gives_the_item_edges():
     b.fill_diagonal_(0.0)
     assert b.sum() > 0 and model.n_agreement_edges == int(b.sum())
     torch.testing.assert_close(model.ui_graph.to_dense(), _enhanced_norm(r, b))
+
+
+def test_learning_rate_decays_as_the_authors_scheduler():
+    # learning_rate_scheduler [0.96, 50]: lr_t = lr_0 * 0.96 ** (t / 50), stepped once per epoch
+    setup = _model(lr_decay=0.9, lr_decay_epochs=4).configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    assert setup["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1e-3 * 0.9 ** (t / 4) for t in range(6)])
