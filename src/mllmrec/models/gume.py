@@ -68,6 +68,7 @@ __all__ = [
     "enhanced_bipartite_adjacency",
     "half_squared_norms",
     "in_batch_infonce",
+    "modality_graphs",
     "moment_alignment",
     "perturb",
     "similarity_knn_graph",
@@ -86,6 +87,18 @@ def similarity_knn_graph(features: Tensor, k: int) -> Tensor:
         rows, cols, values = similarity_knn_edges(features.float(), k)
         values = symmetric_normalize_edges(rows, cols, values, n)
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=False).coalesce()
+
+
+def modality_graphs(features: Mapping[str, Tensor], k: int, refined: Tensor | None) -> dict[str, Tensor]:
+    """The item graph of every modality: its own :func:`similarity_knn_graph`, or (+GR) the refined
+    graph ``D^-1/2 S* D^-1/2`` for all of them.
+
+    Shapes: features ``{name: [I, d_name]}``, refined sparse ``[I, I]`` or None -> ``{name: sparse [I, I]}``.
+    """
+    if refined is not None:
+        shared = normalize_adjacency(refined.float().cpu())
+        return {name: shared for name in features}
+    return {name: similarity_knn_graph(f, k) for name, f in features.items()}
 
 
 def agreement_edges(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
@@ -248,12 +261,7 @@ class GUME(PrecomputedScores):
         self.reg_batch_size, self.noise_scale = int(reg_batch_size), float(noise_scale)
         self.lr_decay, self.lr_decay_epochs = float(lr_decay), int(lr_decay_epochs)
 
-        # item graphs: one per modality from the raw features, or the refined graph for both
-        if refined is not None:
-            shared = normalize_adjacency(refined.float().cpu())
-            graphs = {name: shared for name in names}
-        else:
-            graphs = {name: similarity_knn_graph(feats[name], knn_k) for name in names}
+        graphs = modality_graphs(feats, knn_k, refined)
         self.item_graphs = nn.ModuleDict({name: SparseOperator(g) for name, g in graphs.items()})
         item_rows, item_cols = agreement_edges(graphs[names[0]], graphs[names[1]])
         self.n_agreement_edges = int(item_rows.numel())
