@@ -2,7 +2,7 @@
 
 Each model runs in a fresh subprocess through the same path as bench/train.py (synthetic Baby-shaped
 MMRec folder, composed config, datamodule, Lightning on CPU, no checkpoints/logging): BPR, LightGCN,
-VBPR, FREEDOM, LATTICE, LGMRec (each multimodal one on MMRec's 384-d text + 4096-d image features, and
+VBPR, FREEDOM, LATTICE, LGMRec, GUME (each multimodal one on MMRec's 384-d text + 4096-d image features, and
 with the refined graph, +GR), MLLMRec and MLLMRec w/ GCN_UI.
 
 Usage:
@@ -30,6 +30,8 @@ MODELS = {  # name -> Hydra overrides
     "LATTICE+GR": ["model=lattice", "model.item_graph=refined"],
     "LGMRec": ["model=lgmrec"],
     "LGMRec+GR": ["model=lgmrec", "model.item_graph=refined"],
+    "GUME": ["model=gume"],
+    "GUME+GR": ["model=gume", "model.item_graph=refined"],
     "MLLMRec": ["model=mllmrec"],
     "MLLMRec w/ GCN_UI": ["model=mllmrec", "model.ui_layers=2"],
 }

@@ -267,7 +267,7 @@ def test_mmrec_folder_serves_named_modalities_to_freedom(train_cfg, tmp_path):
     assert not dm.has_item_graph  # model.item_graph=own: no refined graph built
 
 
-@pytest.mark.parametrize("model", ["freedom", "lattice", "lgmrec"])
+@pytest.mark.parametrize("model", ["freedom", "lattice", "lgmrec", "gume"])
 def test_mmrec_plus_gr_switch_trains_on_the_datamodules_refined_graph(train_cfg, tmp_path, model):
     from mllmrec.graph import normalize_adjacency
 
@@ -285,6 +285,9 @@ def test_mmrec_plus_gr_switch_trains_on_the_datamodules_refined_graph(train_cfg,
     if model == "lattice":
         got = torch.zeros_like(expected).index_put_((trained.frozen_rows_0, trained.frozen_cols_0),
                                                     trained.frozen_values_0, accumulate=True)
+    elif model == "gume":
+        got = trained.item_graphs["image"].to_dense()
+        torch.testing.assert_close(trained.item_graphs["text"].to_dense(), expected)
     else:
         got = trained.item_item.to_dense()
     torch.testing.assert_close(got, expected)

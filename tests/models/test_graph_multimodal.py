@@ -1,5 +1,5 @@
 """LATTICE and LGMRec against dense re-statements of MMRec's formulas on small graphs, and the +GR
-switch (model.item_graph=refined) for FREEDOM, LATTICE and LGMRec: the switched model's item graph is
+switch (model.item_graph=refined) for FREEDOM, LATTICE, LGMRec and GUME: the switched model's item graph is
 the normalised refined graph, and its loss depends on that graph."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mllmrec.graph import normalize_adjacency, refined_item_graph
-from mllmrec.models import FREEDOM, LATTICE, LGMRec
+from mllmrec.models import FREEDOM, GUME, LATTICE, LGMRec
 from mllmrec.models.lattice import self_loop_random_walk
 from mllmrec.models.lgmrec import hypergraph_rounds, infonce_sum
 from mllmrec.models.ui_graph import bipartite_edges
@@ -133,10 +133,13 @@ def _model_item_graph(model) -> torch.Tensor:
         return model.item_item.to_dense()
     if isinstance(model, LATTICE):
         return _dense((model.frozen_rows_0, model.frozen_cols_0, model.frozen_values_0))
+    if isinstance(model, GUME):  # the refined graph replaces both modality graphs
+        torch.testing.assert_close(model.item_graphs["text"].to_dense(), model.item_graphs["image"].to_dense())
+        return model.item_graphs["image"].to_dense()
     return model.item_item.to_dense()
 
 
-@pytest.mark.parametrize("cls", [FREEDOM, LATTICE, LGMRec])
+@pytest.mark.parametrize("cls", [FREEDOM, LATTICE, LGMRec, GUME])
 def test_refined_switch_puts_the_refined_graph_in_the_loss(cls):
     r = _interactions()
     refined = refined_item_graph(_modalities()["text"], r, k_s=3, alpha=0.0, k_c=2)

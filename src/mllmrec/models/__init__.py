@@ -7,6 +7,7 @@ this package only exports the ones it ships. See docs/models.md ("add your own m
 from mllmrec.models.base import Recommender, bpr_loss
 from mllmrec.models.bpr import BPR
 from mllmrec.models.freedom import FREEDOM, degree_sensitive_pruning
+from mllmrec.models.gume import GUME
 from mllmrec.models.lattice import LATTICE
 from mllmrec.models.lgmrec import LGMRec
 from mllmrec.models.lightgcn import LightGCN
@@ -17,6 +18,7 @@ from mllmrec.models.vbpr import VBPR
 __all__ = [
     "BPR",
     "FREEDOM",
+    "GUME",
     "LATTICE",
     "LGMRec",
     "LightGCN",

@@ -38,6 +38,7 @@ from mllmrec.models.mmrec_parts import (
     check_item_graph_choice,
     edge_propagate,
     knn_indices,
+    lr_decay_schedule,
     require_modalities,
     sparse_edges,
 )
@@ -228,7 +229,4 @@ class LATTICE(PrecomputedScores):
         self._eval_users, self._eval_items = self.propagated(self.item_edges())  # MMRec rebuilds here too
 
     def configure_optimizers(self):
-        optimizer = super().configure_optimizers()
-        decay, every = self.lr_decay, self.lr_decay_epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: decay ** (epoch / every))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return lr_decay_schedule(super().configure_optimizers(), self.lr_decay, self.lr_decay_epochs)

@@ -25,6 +25,7 @@ __all__ = [
     "emb_loss",
     "mmrec_bpr_loss",
     "knn_indices",
+    "lr_decay_schedule",
     "normalized_knn_graph",
     "cached_normalized_knn_graph",
     "KNN_GRAPH_CODE_VERSION",
@@ -33,6 +34,16 @@ __all__ = [
     "sparse_edges",
 ]
 
+
+def lr_decay_schedule(optimizer: torch.optim.Optimizer, decay: float, every: int) -> dict:
+    r"""MMRec's ``learning_rate_scheduler: [decay, every]`` (common/trainer.py), stepped once per epoch:
+
+    .. math:: \mathrm{lr}_t = \mathrm{lr}_0 \cdot \mathrm{decay}^{t / \mathrm{every}}
+
+    Returns Lightning's ``configure_optimizers`` dict (LATTICE, GUME).
+    """
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: decay ** (epoch / every))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def emb_loss(*embeddings: Tensor) -> Tensor:
