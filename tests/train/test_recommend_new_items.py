@@ -192,8 +192,38 @@ def test_a_rerun_generates_nothing_again(fake_run, table, monkeypatch):
     original = FakeBackend.generate
     monkeypatch.setattr(FakeBackend, "generate", lambda self, requests: calls.append(len(requests)) or
                         original(self, requests))
-    recommend(fake_run, k=2, new_items=table)
-    assert calls == []  # the five images were described by the earlier tests: all cached
+    first = recommend(fake_run, k=2, new_items=table).attrs["new_item_descriptions"]
+    assert sum(calls) <= 4  # the copy's image was described by reason.py: same key, never asked again
+    calls.clear()
+    again = recommend(fake_run, k=2, new_items=table).attrs["new_item_descriptions"]
+    assert calls == []  # every description comes from the generation store
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_image_urls_are_downloaded_then_described(fake_run, table, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from mllmrec.train.recommend import recommend
+
+    raw = pd.read_csv(table).iloc[:2].copy()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(table.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        raw["item_id"] = ["U1", "U2"]
+        raw["image"] = [f"{base}/{raw['image'].iloc[0]}", f"{base}/images/absent.png"]
+        path = tmp_path / "urls.csv"
+        raw.to_csv(path, index=False)
+        described = recommend(fake_run, k=1, new_items=path).attrs["new_item_descriptions"]
+    finally:
+        server.shutdown()
+    assert described["image_status"].tolist() == ["ok", "unreadable"]
+    assert described["image_description"].iloc[0].startswith("fake-image")
+    assert (fake_run / "new_items" / "images" / "0.jpg").is_file()
 
 
 def test_an_mllm_none_run_encodes_the_new_items_text(tmp_path, data_dir, table):
