@@ -268,10 +268,29 @@ def test_bad_new_items_tables_are_one_message_and_exit_2(fake_run, tmp_path, cas
     assert output.count(message) == 1, output
     assert "Traceback" not in output, output
     # the library raises the same error, before any data or weights are loaded
+    import mllmrec.train.restore as restore
     from mllmrec.train.recommend import recommend
 
-    with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        recommend(fake_run, new_items=tmp_path / "new.csv")
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the run was restored before the table was checked")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(restore, "restore_run", no_loading)
+        with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            recommend(fake_run, new_items=tmp_path / "new.csv")
+
+
+def test_bad_reasoning_overrides_and_column_keys_are_errors(fake_run, table):
+    from mllmrec.train.recommend import recommend
+
+    with pytest.raises(ConfigError, match="reason.nope=1: conf/reason.yaml has no key 'reason.nope'"):
+        recommend(fake_run, new_items=table, reason_overrides=["reason.nope=1"])
+    with pytest.raises(DatasetError, match="new_items.colour: unknown key"):
+        recommend(fake_run, new_items=table, new_item_columns={"colour": "c"})
+    with pytest.raises(DatasetError, match="new_items.image='picture' is not a column of"):
+        recommend(fake_run, new_items=table, new_item_columns={"image": "picture"})
+    with pytest.raises(ConfigError, match="need new_items="):
+        recommend(fake_run, new_items_merge=True)
 
 
 def test_an_id_only_model_cannot_score_new_items(tmp_path, data_dir, table):
