@@ -184,6 +184,19 @@ def test_merged_with_the_catalogue_matches_a_brute_force_ranking(fake_run, resto
     assert (old["item_idx"].astype(int) < n_items).all() and frame.loc[frame["new"], "item_idx"].isna().all()
 
 
+def test_exported_new_item_vectors_reproduce_their_scores(fake_run, table, tmp_path):
+    from mllmrec.train.recommend import recommend
+
+    frame = recommend(fake_run, k=6, new_items=table, export=tmp_path / "emb")
+    users = np.load(tmp_path / "emb" / "user_embeddings.npy")
+    new = np.load(tmp_path / "emb" / "new_item_embeddings.npy")
+    rows = pd.read_parquet(tmp_path / "emb" / "new_items.parquet")
+    assert rows["item"].tolist() == pd.read_csv(table)["item_id"].tolist() and new.shape == (6, users.shape[1])
+    column = {item: j for j, item in enumerate(rows["item"])}
+    np.testing.assert_allclose(frame["score"], (users @ new.T)[frame["user_idx"], frame["item"].map(column)],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_a_rerun_generates_nothing_again(fake_run, table, monkeypatch):
     from mllmrec.reasoning.backends.fake import FakeBackend
     from mllmrec.train.recommend import recommend

@@ -65,7 +65,8 @@ For each user (all users by default; raw ids as in the dataset), the top-k items
 checkpoint, excluding the user's training items (and validation items unless exclude_valid=false).
 Default output: <run dir>/recommendations.parquet (new_item_recommendations.parquet with
 new_items=). export=<dir> also writes user_embeddings.npy,
-item_embeddings.npy, users.parquet and items.parquet (row -> raw id) for an ANN index.
+item_embeddings.npy, users.parquet and items.parquet (row -> raw id) for an ANN index (with
+new_items=, also new_item_embeddings.npy and new_items.parquet).
 
 new_items=<table>: score items that were not in the dataset (an MLLMRec run only). The table has the
 custom dataset's items schema (item id, title, text columns, image path or URL); its columns are the
@@ -333,7 +334,20 @@ def recommend(run_dir: str | Path | None = None, users: Sequence[Any] | str | No
             write_table(table, Path(output).parent / NEW_ITEM_DESCRIPTIONS_FILE)
     if export is not None:
         export_representations(model, ids, export)
+        if plan is not None:
+            _export_new_items(h_new, plan, export)
     return frame
+
+
+def _export_new_items(h_new: torch.Tensor, plan: NewItemsPlan, out_dir: str | Path) -> None:
+    """``new_item_embeddings.npy`` [N, d] (a user's score for new item n = user row · row n) and
+    ``new_items.parquet`` (row -> raw id, title) beside the exported representations."""
+    from mllmrec.cache import atomic_save_npy
+
+    out = Path(out_dir)
+    atomic_save_npy(out / "new_item_embeddings.npy", h_new.detach().float().cpu().numpy())
+    write_table(pd.DataFrame({"row": np.arange(len(plan.items)), "item": plan.items.ids,
+                              "title": [t or "" for t in plan.items.titles]}), out / "new_items.parquet")
 
 
 def _with_new_items(model, score_fn, exclude: sp.csr_matrix, h_new: torch.Tensor, merge: bool):
