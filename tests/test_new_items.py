@@ -5,36 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from new_items_reference import dense_new_item_representations
 
 from mllmrec.data import read_items
 from mllmrec.models.cold_start import new_item_representations, score_new_items
 from mllmrec.train.new_items import score_new_item_texts
 from mllmrec.train.task import train
-
-
-def _dense_reference(model, graph: torch.Tensor, features: torch.Tensor, new: torch.Tensor, k_s: int, alpha: float):
-    """Plain dense maths: append each new item's row (itself + its top K_s-1 trained items with
-    cosine >= alpha), D^-1/2 A D^-1/2 with row sums, sum of powers 0..L, then the item tower."""
-    n_items, n_new = features.shape[0], new.shape[0]
-    a = np.zeros((n_items + n_new, n_items + n_new))
-    a[:n_items, :n_items] = graph.to_dense().numpy()
-    e = features.numpy() / np.linalg.norm(features.numpy(), axis=1, keepdims=True)
-    for n, f in enumerate(new.numpy()):
-        sims = e @ (f / np.linalg.norm(f))
-        for j in np.argsort(-sims, kind="stable")[: k_s - 1]:
-            if sims[j] >= alpha:
-                a[n_items + n, j] = 1.0
-        a[n_items + n, n_items + n] = 1.0
-    d = a.sum(1)
-    inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0)
-    a_hat = inv[:, None] * a * inv[None, :]
-    x = np.concatenate([features.numpy(), new.numpy()]).astype(np.float64)
-    total, hidden = x.copy(), x
-    for _ in range(model.layers):
-        hidden = a_hat @ hidden
-        total = total + hidden
-    with torch.no_grad():
-        return model.item_tower(torch.from_numpy(total[n_items:]).float())
 
 
 def test_new_items_follow_the_dense_reference_and_do_not_move_trained_items(train_cfg):
@@ -48,7 +24,7 @@ def test_new_items_follow_the_dense_reference_and_do_not_move_trained_items(trai
     new = (dm.item_features[pick[:, 0]] + 0.5 * dm.item_features[pick[:, 1]]
            + 0.05 * torch.from_numpy(rng.normal(size=(5, dm.item_features.shape[1])).astype(np.float32)))
     got = new_item_representations(model, dm.item_graph, new, g.ks, g.alpha)
-    expected = _dense_reference(model, dm.item_graph, dm.item_features, new, g.ks, g.alpha)
+    expected = dense_new_item_representations(model, dm.item_graph, dm.item_features, new, g.ks, g.alpha)
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
     # each new item is placed alone: scoring a subset gives the same rows
     torch.testing.assert_close(new_item_representations(model, dm.item_graph, new[2:4], g.ks, g.alpha), got[2:4])

@@ -1,8 +1,8 @@
 """MLLMRec: MLLM preference reasoning + refined item graph for multimodal recommendation.
 
 ``mllmrec.recommend(run_dir, users=None, k=20, ...)`` gives a trained run's top-K items
-(:func:`mllmrec.train.recommend.recommend`); it is imported on first use, so ``import mllmrec`` stays
-light (no torch).
+(:func:`mllmrec.train.recommend.recommend`; ``new_items=<table>`` scores items that were not in the
+dataset); it is imported on first use, so ``import mllmrec`` stays light (no torch).
 """
 
 from typing import Any

@@ -88,3 +88,24 @@ def test_output_must_be_a_new_json_file_of_the_run(trained_run, output):
 
     with pytest.raises(ConfigError, match="output="):
         evaluate_run(trained_run[0], output=output, print_table=False)
+
+
+def test_a_cold_start_run_gets_its_cold_start_block_back_exactly(tmp_path, data_dir):
+    from mllmrec.train.evaluate import evaluate_run
+
+    run = tmp_path / "cold"
+    summary = train_demo_run(run, data_dir, "data.cold_start_items=0.2")
+    recorded = json.loads((run / "metrics.json").read_text())
+    assert recorded["cold_start"]["items"] > 0
+    result = evaluate_run(run, print_table=False)
+    written = json.loads((run / "evaluation.json").read_text())
+    # the whole block, float for float: same cold items (seeded), same checkpoint, same metric code
+    assert written["cold_start"] == recorded["cold_start"]
+    assert result["cold_start"]["test"] == summary["cold_start"]["test"]
+    assert result["matches_metrics_json"] is True
+
+
+def test_a_run_without_cold_items_has_no_cold_start_block(trained_run):
+    from mllmrec.train.evaluate import evaluate_run
+
+    assert "cold_start" not in evaluate_run(trained_run[0], output="plain.json", print_table=False)

@@ -139,7 +139,7 @@ TAIL_SHARE = 0.5  # items of a long-tail kind instead of one of the eight main c
 TAIL_ATTRIBUTE_SHARE = 0.3  # long-tail listings that also spell out colour, material and style
 THEMED_SHARE = 0.5  # listings that carry sentences of one listing theme
 
-__all__ = ["make_demo_dataset", "ensure_demo_dataset", "export_demo_csv", "DEMO_VERSION"]
+__all__ = ["make_demo_dataset", "ensure_demo_dataset", "export_demo_csv", "export_demo_new_items", "DEMO_VERSION"]
 
 
 def _plural(noun: str) -> str:
@@ -193,20 +193,12 @@ def _draw_image(path: Path, category_idx: int, rgb: tuple[int, int, int], style_
     img.save(path, format="PNG")
 
 
-def make_demo_dataset(
-    root: str | Path, n_users: int = 600, n_items: int = 300, seed: int = 0, split_seed: int = 999
-) -> DatasetLayout:
-    """Generate the demo dataset into ``root`` (processed tables + PNG images)."""
-    if n_items < 5 or n_users < 1:
-        raise ValueError(
-            f"the demo needs n_items >= 5 (every user gets 5+ distinct items) and n_users >= 1; "
-            f"got n_items={n_items}, n_users={n_users}"
-        )
-    rng = np.random.default_rng(seed)
-    layout = DatasetLayout(root)
-    layout.images.mkdir(parents=True, exist_ok=True)
+def _demo_items(rng: np.random.Generator, n_items: int, root: Path, prefix: str,
+                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """``n_items`` items drawn from ``rng`` (raw ids ``<prefix>0000``...), their PNGs written to
+    ``root/images/<row>.png``: the items table (processed.py's columns) and the category, colour and
+    style index of each item (what users like)."""
     colour_names = list(COLOURS)
-
     cat = rng.integers(len(CATEGORIES), size=n_items)
     col = rng.integers(len(COLOURS), size=n_items)
     mat = rng.integers(len(MATERIALS), size=n_items)
@@ -226,14 +218,29 @@ def make_demo_dataset(
         categories = ["Clothing, Shoes & Jewelry", DEPARTMENTS[rng.integers(len(DEPARTMENTS))], _plural(c).capitalize()]
         description = _description(rng, c, k, m, s)
         image_path = f"images/{i}.png"
-        _draw_image(layout.root / image_path, int(cat[i]), COLOURS[k], int(sty[i]))
+        _draw_image(root / image_path, int(cat[i]), COLOURS[k], int(sty[i]))
         rows.append({
-            "item_id": i, "source_id": f"D{i:04d}", "title": title, "brand": BRANDS[brand[i]],
+            "item_id": i, "source_id": f"{prefix}{i:04d}", "title": title, "brand": BRANDS[brand[i]],
             "categories": categories, "description": description, "image_url": None,
             "image_path": image_path,
             "text": mmrec_item_text(title, BRANDS[brand[i]], categories, description),
         })
-    items = pd.DataFrame(rows)
+    return pd.DataFrame(rows), cat, col, sty
+
+
+def make_demo_dataset(
+    root: str | Path, n_users: int = 600, n_items: int = 300, seed: int = 0, split_seed: int = 999
+) -> DatasetLayout:
+    """Generate the demo dataset into ``root`` (processed tables + PNG images)."""
+    if n_items < 5 or n_users < 1:
+        raise ValueError(
+            f"the demo needs n_items >= 5 (every user gets 5+ distinct items) and n_users >= 1; "
+            f"got n_items={n_items}, n_users={n_users}"
+        )
+    rng = np.random.default_rng(seed)
+    layout = DatasetLayout(root)
+    layout.images.mkdir(parents=True, exist_ok=True)
+    items, cat, col, sty = _demo_items(rng, n_items, layout.root, "D")
 
     # users: a liked category pair, colour pair and style; utility = attribute matches + popularity
     popularity = rng.gamma(0.6, 1.0, size=n_items)
@@ -333,3 +340,42 @@ def export_demo_csv(out_dir: str | Path, n_users: int = 400, n_items: int = 300,
     interactions.to_csv(paths[0], index=False)
     table.to_csv(paths[1], index=False)
     return paths
+
+
+def export_demo_new_items(out_dir: str | Path, n_items: int = 6, seed: int = 1) -> Path:
+    """A table of new items for the demo (items no demo run was trained on), as
+    ``recommend.py new_items=`` reads it: ``new_items.csv`` (``item_id`` = ``N0000``..., ``title``,
+    ``description``, ``image`` = ``images/N0000.png``, relative to the file) with the PNGs.
+
+    They are drawn by the demo's own generator from another seed, so they look like catalogue items.
+    ``description`` holds the brand, the category path and the description in that order, so that
+    title + description is the demo items' text (``mmrec_item_text(title, brand, categories,
+    description)``). Returns the file's path. ``python -m mllmrec.data.demo new-items <dir>``.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        (Path(tmp) / "images").mkdir()
+        items, *_ = _demo_items(np.random.default_rng(10_000 + seed), n_items, Path(tmp), "N")
+        for row in items.itertuples():
+            shutil.copyfile(Path(tmp) / row.image_path, out / "images" / f"{row.source_id}.png")
+    table = pd.DataFrame({
+        "item_id": items["source_id"], "title": items["title"],
+        "description": [mmrec_item_text(None, b, c, d) for b, c, d in
+                        zip(items["brand"], items["categories"], items["description"])],
+        "image": [f"images/{a}.png" for a in items["source_id"]],
+    })
+    path = out / "new_items.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+if __name__ == "__main__":  # python -m mllmrec.data.demo new-items <dir> [n]
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "new-items":
+        sys.exit("usage: python -m mllmrec.data.demo new-items <out dir> [number of items]")
+    print(export_demo_new_items(sys.argv[2], *(int(a) for a in sys.argv[3:4])))

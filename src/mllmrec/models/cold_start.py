@@ -2,13 +2,17 @@ r"""Scoring items that were not in the dataset (new catalogue items), with a tra
 
 MLLMRec represents an item from its content: its encoded description goes through the refined item
 graph and the item tower (Eq. 11-14). A new item has no interactions, so in the graph it gets what a
-cold item gets (docs/cold_start.md): **semantic neighbours only**, by the same rule as Eq. 6-7,
+cold item gets (docs/cold_start.md): **semantic neighbours only**, by the rule of Eq. 6-7 applied
+to its similarities with the trained items,
 
 .. math::
-    \tilde s_{nj} = 1 \iff j \in \{n\} \cup \operatorname{top-}(K_s - 1)_{j \in \mathcal I}(s_{nj})
-    \text{ and } s_{nj} \ge \alpha
+    \tilde s_{nj} = 1 \iff j \in \operatorname{top-}K_{s, j \in \mathcal I}(s_{nj})
+    \text{ and } s_{nj} \ge \alpha, \qquad \tilde s_{nn} = 1
 
-(itself first, as every item's self-loop ranks first among its own top-``K_s``), no co-occurrence
+i.e. its top-``K_s`` trained items (a trained item's own row holds itself and its top ``K_s - 1``
+others, which are exactly the top-``K_s`` of its similarities), plus a self-loop so that its own
+features enter its representation as every item's do. A new item whose description equals trained
+item ``j``'s therefore links to exactly ``j``'s semantic neighbours (``j`` included). No co-occurrence
 edge, and no edge *into* it: the trained items' rows, their degrees and so their propagated inputs stay
 exactly what the model was trained on. Each new item is placed independently of the other new items,
 so its score does not depend on which items are scored with it. Then
@@ -35,8 +39,8 @@ __all__ = ["new_item_neighbours", "new_item_representations", "score_new_items"]
 def new_item_neighbours(
     item_features: Tensor, new_features: Tensor, k_s: int, alpha: float, chunk_size: int = 1024
 ) -> tuple[Tensor, Tensor]:
-    """The trained items each new item links to: its top ``K_s - 1`` cosine neighbours among the
-    trained items, kept when the cosine is ``>= alpha``.
+    """The trained items each new item links to: its top ``K_s`` cosine neighbours among the
+    trained items, kept when the cosine is ``>= alpha`` (the self-loop is added by the caller).
 
     Shapes:
         - **input:** item_features ``[I, d]``, new_features ``[N, d]``
@@ -45,7 +49,7 @@ def new_item_neighbours(
     if k_s < 1:
         raise ValueError(f"graph.ks must be >= 1, got {k_s}")
     existing = F.normalize(item_features.float(), dim=1)
-    k = min(k_s - 1, existing.shape[0])
+    k = min(k_s, existing.shape[0])
     rows, cols = [], []
     for start in range(0, new_features.shape[0], chunk_size):
         block = F.normalize(new_features[start:start + chunk_size].float(), dim=1)

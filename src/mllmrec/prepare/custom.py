@@ -45,7 +45,8 @@ from mllmrec.prepare.pipeline import PREPARE_VERSION, PrepareOptions, PrepareOut
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CustomSource", "prepare_custom", "read_table", "timestamps_as_int"]
+__all__ = ["CustomSource", "prepare_custom", "read_table", "timestamps_as_int", "checked_item_columns", "require_columns",
+           "item_fields", "ITEM_KEYS", "TABLE_SUFFIXES"]
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".csv.gz", ".tsv.gz")
 INTERACTION_KEYS = ("user", "item", "timestamp", "rating")
@@ -82,15 +83,13 @@ class CustomSource:
                                     "Point it at your items table, or set dataset.items=null.")
         columns = dict(ds.get("columns") or {})
         item_columns = dict(ds.get("item_columns") or {})
-        for node, given, known in (("columns", columns, INTERACTION_KEYS), ("item_columns", item_columns, ITEM_KEYS)):
-            unknown = sorted(set(given) - set(known))
-            if unknown:
-                raise DatasetError(f"dataset.{node} has unknown key(s) {unknown}; known keys: {list(known)}.")
+        unknown = sorted(set(columns) - set(INTERACTION_KEYS))
+        if unknown:
+            raise DatasetError(f"dataset.columns has unknown key(s) {unknown}; known keys: {list(INTERACTION_KEYS)}.")
+        item_columns = checked_item_columns(item_columns, "dataset.item_columns")
         for key in ("user", "item", "timestamp"):
             if not columns.get(key):
                 raise DatasetError(f"dataset.columns.{key} is not set: name the {key} column of {interactions}.")
-        text = item_columns.get("text") or []
-        item_columns["text"] = [text] if isinstance(text, str) else list(text)
         if items is not None and not item_columns.get("item"):
             raise DatasetError(f"dataset.item_columns.item is not set: name the item id column of {items}.")
         return cls(interactions, items, columns, item_columns)
@@ -129,15 +128,44 @@ def read_table(path: Path, string_columns: Sequence[str] = ()) -> pd.DataFrame:
         raise DatasetError(f"{path}: cannot be read as a table ({err}).") from err
 
 
-def _require_columns(frame: pd.DataFrame, wanted: Mapping[str, str | None], node: str, path: Path) -> None:
-    """DatasetError naming ``dataset.<node>.<key>`` for each configured column the file lacks."""
+def checked_item_columns(item_columns: Mapping[str, Any], node: str) -> dict[str, Any]:
+    """An items table's column mapping (``item``, ``title``, ``text``, ``image``) with its keys checked
+    (an unknown one is a DatasetError naming ``<node>``) and ``text`` as a list of column names."""
+    unknown = sorted(set(item_columns) - set(ITEM_KEYS))
+    if unknown:
+        raise DatasetError(f"{node} has unknown key(s) {unknown}; known keys: {list(ITEM_KEYS)}.")
+    checked = dict(item_columns)
+    text = checked.get("text") or []
+    checked["text"] = [text] if isinstance(text, str) else list(text)
+    return checked
+
+
+def require_columns(frame: pd.DataFrame, wanted: Mapping[str, str | None], node: str, path: Path) -> None:
+    """DatasetError naming ``<node>.<key>`` (e.g. ``dataset.columns.user``) for each configured column
+    the file lacks, with the file's columns."""
     for key, column in wanted.items():
         if column and column not in frame.columns:
             raise DatasetError(
-                f"dataset.{node}.{key}={column!r} is not a column of {path} (its columns: "
-                f"{list(frame.columns)}). Set dataset.{node}.{key}=<column name>"
+                f"{node}.{key}={column!r} is not a column of {path} (its columns: "
+                f"{list(frame.columns)}). Set {node}.{key}=<column name>"
                 + (" or null." if key not in ("user", "item", "timestamp") else ".")
             )
+
+
+def item_fields(rows: pd.DataFrame, item_columns: Mapping[str, Any]) -> tuple[list[str | None], list[str | None], list[str]]:
+    """Per row of an items table: (title, description, item text).
+
+    title = the ``title`` column cleaned; description = the ``text`` columns cleaned and joined with
+    spaces, in order; item text = ``mmrec_item_text(title, None, [], description)`` (MMRec's
+    concatenation: title then the text fields). Empty values are None in title and description.
+    Used for the custom dataset's items and for the new items of ``recommend.py new_items=``.
+    """
+    n = len(rows)
+    titles = rows[item_columns["title"]].map(clean_text).tolist() if item_columns.get("title") else [""] * n
+    texts = [rows[c].map(clean_text).tolist() for c in item_columns["text"]]
+    descriptions = [" ".join(t for t in parts if t) for parts in zip(*texts)] if texts else [""] * n
+    item_texts = [mmrec_item_text(t or None, None, [], d or None) for t, d in zip(titles, descriptions)]
+    return [t or None for t in titles], [d or None for d in descriptions], item_texts
 
 
 def timestamps_as_int(values: pd.Series, path: Path, column: str) -> pd.Series:
@@ -162,7 +190,7 @@ def _interaction_table(source: CustomSource) -> pa.Table:
     """The interactions as the k-core's input: user, item (string), rating (float), timestamp (int)."""
     cols = source.columns
     frame = read_table(source.interactions, string_columns=[cols["user"], cols["item"]])
-    _require_columns(frame, cols, "columns", source.interactions)
+    require_columns(frame, cols, "dataset.columns", source.interactions)
     rating = (pd.to_numeric(frame[cols["rating"]], errors="coerce") if cols.get("rating")
               else pd.Series(np.nan, index=frame.index))
     return pa.table({
@@ -220,8 +248,7 @@ def build_custom_items(
     n_items = filtered.n_items
     raw_ids = pd.Series(filtered.item_source.astype(str))
     ic = source.item_columns
-    title = pd.Series([None] * n_items, dtype=object)
-    texts: list[pd.Series] = []
+    rows = pd.DataFrame(index=range(n_items))
     image_values = pd.Series([None] * n_items, dtype=object)
     report: dict[str, Any] = {"table": str(source.items) if source.items else None,
                               "columns": {k: ic.get(k) for k in ITEM_KEYS}, "empty_columns": []}
@@ -236,7 +263,7 @@ def build_custom_items(
         frame = read_table(source.items, string_columns=[ic["item"]])
         wanted = {"item": ic["item"], "title": ic.get("title"), "image": ic.get("image"),
                   **{f"text[{j}]": c for j, c in enumerate(ic["text"])}}
-        _require_columns(frame, wanted, "item_columns", source.items)
+        require_columns(frame, wanted, "dataset.item_columns", source.items)
         repeated = int(frame[ic["item"]].duplicated().sum())
         if repeated:
             log.warning("%s: %d rows repeat an item id (column %r); the first row of each id is used",
@@ -249,9 +276,6 @@ def build_custom_items(
             log.warning("%s: %d of %d items of the interactions have no row (column %r); their text is "
                         "empty", source.items, without_row, n_items, ic["item"])
         rows = rows.reset_index(drop=True)
-        if ic.get("title"):
-            title = rows[ic["title"]].map(clean_text)
-        texts = [rows[c].map(clean_text) for c in ic["text"]]
         if ic.get("image"):
             image_values = rows[ic["image"]]
         for key, column in (("title", ic.get("title")), *(("text", c) for c in ic["text"]),
@@ -260,7 +284,8 @@ def build_custom_items(
                 report["empty_columns"].append(column)
                 log.warning("%s: column %r (dataset.item_columns.%s) is empty for every item",
                             source.items, column, key)
-    description = [" ".join(t for t in parts if t) for parts in zip(*texts)] if texts else [""] * n_items
+    fields = (ic if source.items is not None else {"title": None, "text": []})
+    titles, descriptions, texts = item_fields(rows, fields)
     paths, urls, missing_images = _image_paths(image_values, source.items or source.interactions, layout, opts)
     if missing_images:
         log.warning("%s: %d image paths (column %r) name no readable image file", source.items,
@@ -268,14 +293,14 @@ def build_custom_items(
     items = pd.DataFrame({
         "item_id": np.arange(n_items, dtype=np.int64),
         "source_id": raw_ids,
-        "title": [t or None for t in title.map(clean_text)],
+        "title": titles,
         "brand": None,
         "categories": [[] for _ in range(n_items)],
-        "description": [d or None for d in description],
+        "description": descriptions,
         "image_url": urls,
         "image_path": [paths.get(i) for i in range(n_items)],
+        "text": texts,
     })
-    items["text"] = [mmrec_item_text(t, None, [], d) for t, d in zip(items["title"], items["description"])]
     report["without_text"] = int((items["text"] == "").sum())
     report["with_image"] = len(paths)
     report["missing_image_files"] = missing_images

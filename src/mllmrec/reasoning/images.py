@@ -24,7 +24,8 @@ from mllmrec.reasoning.outputs import IMAGE_STATUSES, NO_IMAGE, SKIPPED_LIMIT, T
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ItemImage", "ImageScan", "IMAGE_STATUSES", "scan_images", "read_image", "outside_image_folder"]
+__all__ = ["ItemImage", "ImageScan", "IMAGE_STATUSES", "scan_images", "scan_image_files", "read_image",
+           "outside_image_folder"]
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
          "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -152,17 +153,39 @@ def scan_images(
             out[item_id] = ItemImage(item_id, SKIPPED_LIMIT)
         else:
             chosen.append((item_id, root / str(path)))
+    out.update(_check_images(chosen, workers))
+    images = tuple(out[int(i)] for i in ids)
+    _warn_unreadable(images)
+    return ImageScan(images, None)
+
+
+def _check_images(chosen: list[tuple[int, Path]], workers: int) -> dict[int, ItemImage]:
     # decoding releases the GIL: a few threads make the scan of a large catalogue I/O bound
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for image in pool.map(lambda a: _check_image(*a), chosen):
-            out[image.item_id] = image
-    images = tuple(out[int(i)] for i in ids)
+        return {image.item_id: image for image in pool.map(lambda a: _check_image(*a), chosen)}
+
+
+def _warn_unreadable(images: tuple[ItemImage, ...]) -> None:
     bad = [im for im in images if im.status == UNREADABLE]
     if bad:
         shown = "; ".join(f"item {im.item_id}: {im.error}" for im in bad[:5])
         log.warning("%d item images are unreadable and keep their text only (%s%s)", len(bad), shown,
                     " ..." if len(bad) > 5 else "")
-    return ImageScan(images, None)
+
+
+def scan_image_files(paths: list[Path | None], vision: bool, workers: int = 8) -> ImageScan:
+    """Plan the image step for items given by image file (``paths[i]`` for item ``i``, None = no
+    image): the new items of ``recommend.py new_items=``, whose files the user named on the command
+    line (no dataset image folder applies). A file that does not exist or does not decode is
+    ``unreadable`` (the item keeps its text), as in :func:`scan_images`."""
+    if not vision:
+        reason = "the MLLM is text-only (mllm.vision=false): items keep their text, no image is described"
+        return ImageScan(tuple(ItemImage(i, TEXT_ONLY_MODEL) for i in range(len(paths))), reason)
+    out = {i: ItemImage(i, NO_IMAGE) for i, p in enumerate(paths) if p is None}
+    out.update(_check_images([(i, p) for i, p in enumerate(paths) if p is not None], workers))
+    images = tuple(out[i] for i in range(len(paths)))
+    _warn_unreadable(images)
+    return ImageScan(images, None if any(p is not None for p in paths) else "no item has an image path")
 
 
 def read_image(image: ItemImage) -> ImagePart:

@@ -296,10 +296,7 @@ class Reasoner:
                  data.n_users, s.history, s.shard, s.num_shards)
 
         try:
-            image_jobs = self._image_jobs(scan)
-            self._run_jobs(list(image_jobs.values()), "image")
-            self._wait_for([j.key for j in image_jobs.values()], "image")
-            image_text, image_status = self._image_outputs(scan, image_jobs)
+            image_jobs, image_text, image_status = self.describe_images(scan)
             descriptions = [
                 multimodal_description(t, image_text[i], s.separator)
                 for i, t in enumerate(items["text"].fillna("").astype(str))
@@ -319,8 +316,21 @@ class Reasoner:
             with file_lock(self.out_dir / ".tables"):
                 return merge_outputs(state)
         finally:
-            if self._own_backend and self._backend is not None:
-                self._backend.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the backend this reasoner built (one passed in is the caller's to close)."""
+        if self._own_backend and self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def describe_images(self, scan: ImageScan) -> tuple[dict[int, Job], list[str], list[str]]:
+        """Prompt 1 on the scanned images (Eq. 1): this shard's uncached jobs generated, then every
+        item's record awaited. Returns (the jobs by item id, image description [I], status [I])."""
+        image_jobs = self._image_jobs(scan)
+        self._run_jobs(list(image_jobs.values()), "image")
+        self._wait_for([j.key for j in image_jobs.values()], "image")
+        return (image_jobs, *self._image_outputs(scan, image_jobs))
 
     def _image_outputs(self, scan: ImageScan, jobs: Mapping[int, Job]) -> tuple[list[str], list[str]]:
         texts, statuses = [], []

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ __all__ = [
     "tables_present",
     "run_stage",
     "reason_config_for_training",
+    "reason_config_for_run",
+    "reasoning_output_name",
     "reasoning_for_training",
 ]
 
@@ -209,11 +211,20 @@ def reason_config_for_training(train_cfg: DictConfig) -> DictConfig:
         raise ConfigError("reason.auto=true composes conf/reason.yaml and needs train.py's Hydra context "
                           "(run it through train.py, or run reason.py first)")
     base = compose(config_name="reason")
+    cfg = _reason_config(base.reason, train_cfg)
+    with open_dict(cfg):
+        cfg.reason.progress = False  # a sweep job's log is no place for progress bars
+    return cfg
+
+
+def _reason_config(base_reason: DictConfig, train_cfg: DictConfig) -> DictConfig:
+    """``reason`` = conf/reason.yaml's node with the training config's ``reason`` keys on top;
+    ``mllm`` and ``dataset`` = the training config's (resolved)."""
     reason_node = OmegaConf.to_container(train_cfg.get("reason") or {}, resolve=True)
     assert isinstance(reason_node, dict)
     reason_node.pop("auto", None)
     cfg = OmegaConf.create({
-        "reason": OmegaConf.to_container(base.reason, resolve=False),
+        "reason": OmegaConf.to_container(base_reason, resolve=False),
         "mllm": OmegaConf.to_container(train_cfg.mllm, resolve=True),
         "dataset": OmegaConf.to_container(train_cfg.dataset, resolve=True),
     })
@@ -223,15 +234,52 @@ def reason_config_for_training(train_cfg: DictConfig) -> DictConfig:
     except Exception as err:  # an unknown key: name it
         raise ConfigError(f"train.py's reason node holds a key conf/reason.yaml does not know: {err}. "
                           "Only reason.py's keys (see conf/reason.yaml) can be set there.") from None
-    with open_dict(cfg):
-        cfg.reason.progress = False  # a sweep job's log is no place for progress bars
     return cfg
+
+
+def reason_config_for_run(train_cfg: DictConfig, overrides: Sequence[str], conf_dir: Path) -> DictConfig:
+    """The reasoning config of a trained run's MLLM, for describing items it has not seen
+    (``recommend.py new_items=``): ``conf_dir/reason.yaml``'s ``reason`` node, the run's own
+    ``reason`` keys (history, backend), then ``overrides`` (``reason.<key>=<value>``, e.g.
+    ``reason.backend=fake``); the run's ``mllm`` and ``dataset``. No Hydra app is needed."""
+    path = conf_dir / "reason.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: describing new items needs the project's conf/ folder "
+                          "(set PROJECT_ROOT to the checkout that trained the run)")
+    cfg = _reason_config(OmegaConf.load(path).reason, train_cfg)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.startswith("reason."):
+            raise ConfigError(f"{override}: expected reason.<key>=<value>")
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            raise ConfigError(f"{override}: conf/reason.yaml has no key {key!r}")
+        OmegaConf.update(cfg, key, _yaml_value(value), merge=False)
+    return cfg
+
+
+def _yaml_value(text: str) -> Any:
+    """A command-line value as YAML reads it (``fake``, ``3``, ``true``, ``null``)."""
+    import yaml
+
+    return yaml.safe_load(text) if text.strip() else ""
 
 
 def _needs_reasoning(train_cfg: DictConfig) -> bool:
     mllm = (train_cfg.get("mllm") or {}).get("name", "none")
     fmt = (train_cfg.get("dataset") or {}).get("format", "processed")
     return mllm != "none" and fmt == "processed"
+
+
+def reasoning_output_name(train_cfg: DictConfig) -> str | None:
+    """The reasoning outputs folder name a training config reads: ``mllm.name``, or ``<mllm>-fake``
+    with ``reason.backend=fake``; None when it reads none (``mllm=none``, an MMRec-format dataset).
+    Nothing is checked or run (``evaluate.py`` / ``recommend.py`` restoring a run)."""
+    if not _needs_reasoning(train_cfg):
+        return None
+    reason = train_cfg.get("reason") or {}
+    name = str(train_cfg.mllm.name)
+    backend = reason.get("backend") or train_cfg.mllm.get("backend")
+    return f"{name}-fake" if backend == "fake" else name
 
 
 def reasoning_for_training(train_cfg: DictConfig) -> str | None:
@@ -245,11 +293,9 @@ def reasoning_for_training(train_cfg: DictConfig) -> str | None:
     """
     if not _needs_reasoning(train_cfg):
         return None
-    reason = train_cfg.get("reason") or {}
+    if not (train_cfg.get("reason") or {}).get("auto", False):
+        return reasoning_output_name(train_cfg)
     name = str(train_cfg.mllm.name)
-    backend = reason.get("backend") or train_cfg.mllm.get("backend")
-    if not reason.get("auto", False):
-        return f"{name}-fake" if backend == "fake" else name
     cfg = reason_config_for_training(train_cfg)
     settings = _settings(cfg)
     folder = outputs_folder(cfg)

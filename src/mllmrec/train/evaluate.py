@@ -45,6 +45,11 @@ def _output_path(run_dir: Path, output: str) -> Path:
     return run_dir / name
 
 
+def _json_copy(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples -> lists), for comparing with metrics.json."""
+    return None if value is None else json.loads(json.dumps(value))
+
+
 def evaluate_run(run: str | Path | None = None, ckpt_path: str | Path | None = None, overrides: Sequence[str] = (),
                  allow_config_change: bool = False, output: str = EVALUATION_FILE,
                  print_table: bool = True) -> dict[str, Any]:
@@ -52,13 +57,14 @@ def evaluate_run(run: str | Path | None = None, ckpt_path: str | Path | None = N
 
     Returns what was written: ``{"checkpoint", "valid", "test", "config_changes", "overrides",
     "matches_metrics_json"}`` (the last is None when the run has no ``metrics.json`` or the
-    config was changed).
+    config was changed), and ``cold_start`` for a run trained with ``data.cold_start_items > 0``
+    (:func:`~mllmrec.train.task.cold_start_summary`: the same block as metrics.json's).
     """
     import hydra
 
     from mllmrec.cache import atomic_write_json
     from mllmrec.train.restore import resolve_run, restore_run
-    from mllmrec.train.task import _print_table, model_name
+    from mllmrec.train.task import _print_table, cold_start_summary, model_name
 
     run_dir, _ = resolve_run(run, ckpt_path)
     target = _output_path(run_dir, output)  # checked before any data is loaded
@@ -80,13 +86,19 @@ def evaluate_run(run: str | Path | None = None, ckpt_path: str | Path | None = N
         "matches_metrics_json": None,
     }
     rows = {"valid (evaluated)": result["valid"], "test (evaluated)": result["test"]}
+    if datamodule.cold_split is not None:  # data.cold_start_items > 0: the block train.py writes, again
+        result["cold_start"] = cold_start_summary(cfg, datamodule, model)
+        rows["cold-start test (evaluated)"] = result["cold_start"]["test"]
     recorded_path = run_dir / "metrics.json"
     if recorded_path.is_file():
         recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
         rows |= {"valid (metrics.json)": recorded.get("valid", {}), "test (metrics.json)": recorded.get("test", {})}
+        if "cold_start" in recorded:
+            rows["cold-start test (metrics.json)"] = recorded["cold_start"].get("test", {})
         if not overrides and recorded.get("valid") and recorded.get("test"):
             result["matches_metrics_json"] = (recorded["valid"] == result["valid"]
-                                              and recorded["test"] == result["test"])
+                                              and recorded["test"] == result["test"]
+                                              and recorded.get("cold_start") == _json_copy(result.get("cold_start")))
     atomic_write_json(target, result)
     if print_table:
         _print_table(rows, model_name(cfg))

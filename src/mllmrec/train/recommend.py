@@ -13,12 +13,21 @@ FREEDOM), with their raw ids, ready for an ANN index.
 Raw ids: a processed dataset's ``users.parquet`` / ``items.parquet`` ``source_id`` (and item
 ``title``); an MMRec folder has none, so its ids are the contiguous ints of its ``.inter`` file and
 there is no title.
+
+**New items** (``new_items=<table>``, docs/cold_start.md): items that were not in the dataset, from a
+table in the custom dataset's items schema (:mod:`mllmrec.prepare.new_items`), are described by the
+run's MLLM (:mod:`mllmrec.reasoning.new_items`: Prompt 1 on their images, then text ⊕ image
+description), encoded by the run's encoder, given semantic neighbours only among the trained items,
+propagated and passed through the item tower (:mod:`mllmrec.train.new_items`). By default they are
+ranked alone (each user's top-k among the new items: who is the audience of the new items);
+``new_items_merge`` ranks them together with the catalogue (would they enter the user's top-k at
+all). Output rows say ``new`` = True for them; they have no contiguous id (``item_idx`` is missing).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,25 +36,45 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from omegaconf import OmegaConf
 
 from mllmrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["IdTables", "id_tables", "select_users", "top_k_items", "recommend", "export_representations",
-           "write_table", "RECOMMENDATIONS_FILE", "EMBEDDINGS_DIR", "USAGE"]
+           "write_table", "plan_new_items", "NewItemsPlan", "RECOMMENDATIONS_FILE", "EMBEDDINGS_DIR",
+           "NEW_ITEM_DESCRIPTIONS_FILE", "NEW_ITEM_RECOMMENDATIONS_FILE", "USAGE"]
 
 RECOMMENDATIONS_FILE = "recommendations.parquet"
 EMBEDDINGS_DIR = "embeddings"
+#: recommend.py's default output with new_items= (the catalogue's recommendations.parquet is kept)
+NEW_ITEM_RECOMMENDATIONS_FILE = "new_item_recommendations.parquet"
+#: written beside the recommendations when new items are scored: what each new item was encoded from
+NEW_ITEM_DESCRIPTIONS_FILE = "new_item_descriptions.parquet"
 
 USAGE = """usage: python recommend.py run=<run dir> [k=20] [users=<id,id,...> | users=<file, one id a line>]
                            [output=<file .parquet|.csv>] [exclude_valid=true] [export=<dir>]
                            [ckpt_path=<file>] [key=value ...] [allow_config_change=true]
 
+       python recommend.py run=<run dir> new_items=<table .csv|.parquet> [new_items.merge=true]
+                           [new_items.item=<col> new_items.title=<col> new_items.text=<col,col>
+                            new_items.image=<col>] [reason.backend=fake ...] [k=20] [users=...]
+
 For each user (all users by default; raw ids as in the dataset), the top-k items of the run's best
 checkpoint, excluding the user's training items (and validation items unless exclude_valid=false).
-Default output: <run dir>/recommendations.parquet. export=<dir> also writes user_embeddings.npy,
-item_embeddings.npy, users.parquet and items.parquet (row -> raw id) for an ANN index."""
+Default output: <run dir>/recommendations.parquet (new_item_recommendations.parquet with
+new_items=). export=<dir> also writes user_embeddings.npy,
+item_embeddings.npy, users.parquet and items.parquet (row -> raw id) for an ANN index (with
+new_items=, also new_item_embeddings.npy and new_items.parquet).
+
+new_items=<table>: score items that were not in the dataset (an MLLMRec run only). The table has the
+custom dataset's items schema (item id, title, text columns, image path or URL); its columns are the
+run's dataset.item_columns or item_id/title/description/image, each set by new_items.<key>=<column>.
+They are described by the run's MLLM (reason.<key>=<value> changes its reasoning settings, e.g.
+reason.backend=fake), encoded, given semantic neighbours and scored. Ranked among the new items
+alone, or with the catalogue when new_items.merge=true; the rows say new=True. The descriptions are
+written to new_item_descriptions.parquet beside the output (docs/cold_start.md)."""
 
 
 @dataclass(frozen=True)
@@ -186,10 +215,69 @@ def export_representations(model, ids: IdTables, out_dir: str | Path) -> dict[st
     return paths
 
 
+@dataclass(frozen=True)
+class NewItemsPlan:
+    """A checked new-items request: the table's items, the reasoning config that describes them (None
+    for an ``mllm=none`` run: the item text is the description) and where URLs are downloaded."""
+
+    items: Any  # mllmrec.prepare.new_items.NewItems
+    reason_cfg: Any  # DictConfig | None
+    download_dir: Path
+
+
+def plan_new_items(run_dir: Path, cfg, table: str | Path, columns: Mapping[str, Any] | None,
+                   reason_overrides: Sequence[str]) -> NewItemsPlan:
+    """Check a new-items request against the run's config before anything heavy: the model can
+    score new items, the table reads and its ids are new, the reasoning settings are valid."""
+    from mllmrec.data import read_items
+    from mllmrec.prepare.new_items import new_item_columns, read_new_items
+    from mllmrec.train.new_items import check_new_item_scoring
+
+    check_new_item_scoring(cfg)
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    catalogue = read_items(dataset["root"])["source_id"].astype(str).to_numpy()
+    items = read_new_items(table, new_item_columns(dataset, columns or {}), catalogue)
+    reason_cfg = None
+    if str(cfg.mllm.name) != "none":
+        from mllmrec.reasoning.settings import ReasonSettings
+        from mllmrec.reasoning.stage import reason_config_for_run
+        from mllmrec.train.restore import project_root
+
+        reason_cfg = reason_config_for_run(cfg, reason_overrides, project_root() / "conf")
+        ReasonSettings.from_config(reason_cfg)  # every reason.* / mllm.* check, before loading
+    elif reason_overrides:
+        log.warning("the run has mllm=none (no MLLM): %s ignored; new items are encoded from their text",
+                    " ".join(reason_overrides))
+    return NewItemsPlan(items, reason_cfg, run_dir / "new_items")
+
+
+def _describe_new_items(plan: NewItemsPlan, backend=None):
+    """The new items' descriptions: the run's MLLM on their images, or their text for mllm=none."""
+    from mllmrec.reasoning.new_items import NewItemDescriptions, describe_new_items
+
+    items = plan.items
+    if plan.reason_cfg is None:
+        n = len(items)
+        return NewItemDescriptions(list(items.texts), [""] * n, ["no_mllm"] * n, [None] * n, list(items.texts))
+    return describe_new_items(plan.reason_cfg, items.texts, items.images, plan.download_dir, backend)
+
+
+def _descriptions_table(plan: NewItemsPlan, described) -> pd.DataFrame:
+    items = plan.items
+    return pd.DataFrame({
+        "item": items.ids, "title": [t or "" for t in items.titles], "image": items.images,
+        "image_status": described.image_status, "image_error": described.image_error,
+        "text": described.text, "image_description": described.image_description,
+        "description": described.description,
+    })
+
+
 def recommend(run_dir: str | Path | None = None, users: Sequence[Any] | str | None = None, k: int = 20, *,
               ckpt_path: str | Path | None = None, exclude_valid: bool = True, output: str | Path | None = None,
               export: str | Path | None = None, batch_size: int = 1024, overrides: Sequence[str] = (),
-              allow_config_change: bool = False) -> pd.DataFrame:
+              allow_config_change: bool = False, new_items: str | Path | None = None,
+              new_items_merge: bool = False, new_item_columns: Mapping[str, Any] | None = None,
+              reason_overrides: Sequence[str] = (), backend=None) -> pd.DataFrame:
     """Top-``k`` items for ``users`` (raw ids; all users when None) from a trained run.
 
     Returns a long table, one row per (user, rank): ``user`` (raw id), ``rank`` (1 = best), ``item``
@@ -198,35 +286,118 @@ def recommend(run_dir: str | Path | None = None, users: Sequence[Any] | str | No
     ``output`` (``.parquet`` / ``.csv``) writes the table; ``export`` a folder of representations
     (:func:`export_representations`). The checkpoint and config follow ``evaluate.py``'s rules
     (:func:`mllmrec.train.restore.restore_run`).
+
+    ``new_items``: a table of items not in the dataset (module docstring), ranked alone or, with
+    ``new_items_merge``, together with the catalogue; the table gets a ``new`` column and their
+    ``item_idx`` is missing (<NA>). ``new_item_columns`` (``item``, ``title``, ``text``, ``image``)
+    names the table's columns; ``reason_overrides`` (``reason.<key>=<value>``) change the reasoning
+    settings that describe them; ``backend`` replaces the reasoning backend (tests, notebooks). Their
+    descriptions are in ``frame.attrs["new_item_descriptions"]`` and, with ``output``, in
+    ``new_item_descriptions.parquet`` beside it.
     """
-    from mllmrec.train.restore import restore_run
+    from mllmrec.train.restore import load_run_config, resolve_run, restore_run
 
     if int(k) < 1:
         raise ConfigError(f"k={k}: must be an integer >= 1")
     if output is not None and Path(output).suffix not in (".parquet", ".csv"):
         raise ConfigError(f"output={output}: the file name must end in .parquet or .csv")
+    plan = None
+    if new_items is not None:
+        found_dir, _ = resolve_run(run_dir, ckpt_path)
+        plan = plan_new_items(found_dir, load_run_config(found_dir, overrides), new_items, new_item_columns,
+                              reason_overrides)
+    elif new_items_merge or new_item_columns:
+        raise ConfigError("new_items.merge / new_items.<column> need new_items=<table of new items>")
     restored = restore_run(run_dir, ckpt_path, overrides, allow_config_change)
     data, model = restored.datamodule.data, restored.model
     ids = id_tables(restored.datamodule)
     chosen = select_users(ids, users)
     exclude = (data.train + data.valid).tocsr() if exclude_valid else data.train.tocsr()
-    items, scores = top_k_items(_scorer(model), chosen, exclude, int(k), batch_size)
-    keep = items >= 0
-    user_idx = np.repeat(chosen, keep.sum(axis=1))
-    item_idx = items[keep]
-    frame = pd.DataFrame({
-        "user": ids.users[user_idx],
-        "rank": np.nonzero(keep)[1] + 1,
-        "item": ids.items[item_idx],
-        "score": scores[keep],
-        "user_idx": user_idx,
-        "item_idx": item_idx,
-    })
-    if ids.titles is not None:
-        frame.insert(4, "title", ids.titles[item_idx])
+    score_fn = _scorer(model)
+    described = None
+    if plan is not None:
+        from mllmrec.train.new_items import new_item_vectors
+
+        described = _describe_new_items(plan, backend)
+        h_new = new_item_vectors(restored.datamodule, model, described.item_texts(restored.datamodule.item_text_source))
+        score_fn, exclude = _with_new_items(model, score_fn, exclude, h_new, new_items_merge)
+    items, scores = top_k_items(score_fn, chosen, exclude, int(k), batch_size)
+    frame = _rows(ids, chosen, items, scores, plan.items if plan is not None else None,
+                  data.n_items if new_items_merge else 0)
     if output is not None:
         write_table(frame, output)
         log.info("top-%d items of %d users written to %s", k, len(chosen), output)
+    if plan is not None:
+        table = _descriptions_table(plan, described)
+        frame.attrs["new_item_descriptions"] = table
+        if output is not None:
+            write_table(table, Path(output).parent / NEW_ITEM_DESCRIPTIONS_FILE)
     if export is not None:
         export_representations(model, ids, export)
+        if plan is not None:
+            _export_new_items(h_new, plan, export)
+    return frame
+
+
+def _export_new_items(h_new: torch.Tensor, plan: NewItemsPlan, out_dir: str | Path) -> None:
+    """``new_item_embeddings.npy`` [N, d] (a user's score for new item n = user row · row n) and
+    ``new_items.parquet`` (row -> raw id, title) beside the exported representations."""
+    from mllmrec.cache import atomic_save_npy
+
+    out = Path(out_dir)
+    atomic_save_npy(out / "new_item_embeddings.npy", h_new.detach().float().cpu().numpy())
+    write_table(pd.DataFrame({"row": np.arange(len(plan.items)), "item": plan.items.ids,
+                              "title": [t or "" for t in plan.items.titles]}), out / "new_items.parquet")
+
+
+def _with_new_items(model, score_fn, exclude: sp.csr_matrix, h_new: torch.Tensor, merge: bool):
+    """The score function and exclusion matrix over the new items alone ``[B, N]``, or over the
+    catalogue followed by the new items ``[B, I + N]`` (nobody has a new item: nothing to exclude)."""
+    n_new = h_new.shape[0]
+
+    def new_scores(users: torch.Tensor) -> torch.Tensor:
+        return model.user_repr(users.to(h_new.device)) @ h_new.T
+
+    none_seen = sp.csr_matrix((exclude.shape[0], n_new), dtype=exclude.dtype)
+    if not merge:
+        return new_scores, none_seen
+
+    def merged_scores(users: torch.Tensor) -> torch.Tensor:
+        return torch.cat([score_fn(users), new_scores(users)], dim=1)
+
+    return merged_scores, sp.hstack([exclude, none_seen], format="csr")
+
+
+def _rows(ids: IdTables, chosen: np.ndarray, items: np.ndarray, scores: np.ndarray, new_items,
+          n_catalogue: int) -> pd.DataFrame:
+    """The long table of :func:`recommend` from top-k positions ``items`` [n, k] (-1 = none). With
+    ``new_items``, a position ``p >= n_catalogue`` is new item ``p - n_catalogue``."""
+    keep = items >= 0
+    user_idx = np.repeat(chosen, keep.sum(axis=1))
+    position = items[keep]
+    frame = pd.DataFrame({
+        "user": ids.users[user_idx],
+        "rank": np.nonzero(keep)[1] + 1,
+    })
+    if new_items is None:
+        frame["item"] = ids.items[position]
+        frame["score"] = scores[keep]
+        if ids.titles is not None:
+            frame["title"] = ids.titles[position]
+        frame["user_idx"] = user_idx
+        frame["item_idx"] = position
+        return frame
+    is_new = position >= n_catalogue
+    new_row = position - n_catalogue
+    titles = ids.titles if ids.titles is not None else np.full(n_catalogue, "", dtype=object)
+    new_titles = np.array([t or "" for t in new_items.titles], dtype=object)
+    frame["item"] = np.where(is_new, new_items.ids[np.where(is_new, new_row, 0)],
+                             ids.items.astype(object)[np.where(is_new, 0, position)] if n_catalogue else None)
+    frame["score"] = scores[keep]
+    frame["title"] = np.where(is_new, new_titles[np.where(is_new, new_row, 0)],
+                              titles[np.where(is_new, 0, position)] if n_catalogue else None)
+    frame["new"] = is_new
+    frame["user_idx"] = user_idx
+    frame["item_idx"] = pd.array(np.where(is_new, 0, position), dtype="Int64")
+    frame.loc[is_new, "item_idx"] = pd.NA
     return frame

@@ -27,7 +27,7 @@ from mllmrec.train.run_folder import best_checkpoint, resume_checkpoint, run_dir
 log = logging.getLogger(__name__)
 
 __all__ = ["ConfigChange", "RestoredRun", "apply_overrides", "config_changes", "load_run_config",
-           "resolve_run", "restore_run", "EVALUATION_NEUTRAL_KEYS"]
+           "project_root", "resolve_run", "restore_run", "EVALUATION_NEUTRAL_KEYS"]
 
 #: keys that differ between runs without changing what a checkpoint computes when it is loaded
 #: (beyond :data:`RESULT_NEUTRAL_KEYS`): where training resumed from
@@ -35,6 +35,12 @@ EVALUATION_NEUTRAL_KEYS = ("ckpt_path",)
 
 # the project root of an editable install (where train.py sets PROJECT_ROOT)
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def project_root() -> Path:
+    """The project checkout whose ``conf/`` the scripts compose from: ``PROJECT_ROOT`` (set by the
+    entry points), else the root of this editable install."""
+    return Path(os.environ.get("PROJECT_ROOT") or _PROJECT_ROOT)
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ def restore_run(run: str | Path | None = None, ckpt_path: str | Path | None = No
     import hydra
     import torch
 
+    from mllmrec.reasoning.stage import reasoning_output_name
     from mllmrec.train.checks import validate_train_config
     from mllmrec.train.extras import quiet_lightning
     from mllmrec.train.task import build_datamodule, model_inputs
@@ -187,7 +194,7 @@ def restore_run(run: str | Path | None = None, ckpt_path: str | Path | None = No
     validate_train_config(cfg)
     quiet_lightning()
     log.info("loading %s under the config of %s", checkpoint, run_dir)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, mllm=reasoning_output_name(cfg))  # <mllm>-fake for reason.backend=fake
     datamodule.check_inputs()
     datamodule.setup("test")
     model = hydra.utils.instantiate(cfg.model, **model_inputs(cfg, datamodule))
