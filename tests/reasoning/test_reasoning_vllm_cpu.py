@@ -103,7 +103,7 @@ def ragged(requests: list[Request], copies: int) -> list[Request]:
     """``copies`` of the requests with max_tokens 3..MAX_TOKENS: answers that end at different steps."""
     out = []
     for i, r in enumerate(requests * copies):
-        out.append(replace(r, sampling=replace(r.sampling, max_tokens=3 + (i * 5) % (MAX_TOKENS - 2))))
+        out.append(replace(r, sampling=replace(r.sampling, max_tokens=3 + (i * 7) % (MAX_TOKENS - 2))))
     return out
 
 
