@@ -7,10 +7,11 @@ Opt-in tier: ``.venv-vllm/bin/python -m pytest -m vllm_cpu tests/reasoning`` (do
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from vllm_cpu_helpers import GEMMA_SMALL, apply_env, gemma_folder
+from vllm_cpu_helpers import GEMMA_SMALL, apply_env, gemma_folder, stream_all
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
@@ -96,6 +97,48 @@ def test_greedy_tokens_equal_transformers_on_the_same_prompts(engine) -> None:
     print(f"\ngreedy agreement vLLM vs transformers: {equal}/{len(requests)} prompts identical, "
           f"{agree}/{total} tokens before the first divergence")
     assert equal == len(requests)
+
+
+def ragged(requests: list[Request], copies: int) -> list[Request]:
+    """``copies`` of the requests with max_tokens 3..MAX_TOKENS: answers that end at different steps."""
+    out = []
+    for i, r in enumerate(requests * copies):
+        out.append(replace(r, sampling=replace(r.sampling, max_tokens=3 + (i * 7) % (MAX_TOKENS - 2))))
+    return out
+
+
+def test_streamed_generations_equal_the_whole_call_path(engine) -> None:
+    """Greedy: submit/collect (LLM.enqueue_chat + engine steps) gives what one LLM.chat call gives."""
+    requests = ragged(prompts(), 4)  # 32 requests, twice the engine's 16 sequences
+    whole = engine.generate(requests)
+    streamed = stream_all(engine, requests)
+    assert [(g.text, g.n_tokens, g.finish_reason) for g in streamed] == \
+        [(g.text, g.n_tokens, g.finish_reason) for g in whole]
+    assert len({g.n_tokens for g in whole}) > 3  # ragged indeed
+
+
+def test_the_pipelines_stream_publishes_full_shards_with_the_same_texts(engine, tmp_path) -> None:
+    """Reasoner._stream_jobs (what reason.py runs) with shards of 5 while 32 requests are in flight:
+    every generation equals the whole-call path's, each key once, every shard but the last full."""
+    from mllmrec.reasoning.pipeline import Job, Reasoner
+    from mllmrec.reasoning.settings import ReasonSettings
+    from mllmrec.reasoning.store import GenerationStore
+
+    requests = ragged(prompts(), 5)  # 40 requests
+    whole = engine.generate(requests)
+    settings = ReasonSettings.from_config(compose_reason([
+        f"paths.data_dir={tmp_path}", "mllm=gemma3_270m", "reason.backend=vllm", "reason.chunk_size=5",
+        *GEMMA_SMALL]))
+    reasoner = Reasoner(settings, engine)
+    reasoner.store = GenerationStore(tmp_path / "generations")
+    shards: list[list] = []
+    jobs = [Job(f"k{i}", "profile", i, lambda r=r: r) for i, r in enumerate(requests)]
+    reasoner._stream_jobs(engine, jobs, lambda records: shards.append(list(records)))
+    assert [len(s) for s in shards] == [5] * 8
+    records = {r.ref: r for s in shards for r in s}
+    assert len(records) == len(requests)
+    assert [(records[i].text, records[i].n_tokens) for i in range(len(requests))] == \
+        [(g.text, g.n_tokens) for g in whole]
 
 
 def test_prompt2_run_gives_every_user_an_ok_profile_and_a_complete_manifest(engine, tmp_path) -> None:

@@ -13,7 +13,7 @@ import json
 
 import pytest
 from PIL import Image
-from vllm_cpu_helpers import apply_env, tiny_qwen_folder, tiny_qwen_overrides
+from vllm_cpu_helpers import apply_env, stream_all, tiny_qwen_folder, tiny_qwen_overrides
 
 from mllmrec.data import DatasetLayout
 from mllmrec.reasoning import run_reasoning
@@ -92,6 +92,10 @@ def test_images_reach_the_vision_encoder_and_match_transformers(engine, folder) 
     got = engine.generate(requests)
     assert [g.text for g in got] == [g.text for g in expected]
     assert [g.n_tokens for g in got] == [g.n_tokens for g in expected]
+    # the streaming path (LLM.enqueue_chat + engine steps, what reason.py runs) renders the
+    # image_pil parts the same way: the same tokens
+    streamed = stream_all(engine, requests)
+    assert [(g.text, g.n_tokens) for g in streamed] == [(g.text, g.n_tokens) for g in got]
 
 
 def test_prompt1_run_statuses_and_manifest(engine, folder, tmp_path) -> None:

@@ -52,6 +52,10 @@ def test_sigkill_mid_run_then_rerun(tmp_path) -> None:
 
     killed = shard_frames(generations)
     assert 0 < len(killed) < N_USERS and killed["key"].is_unique
+    # streamed: a shard is published as soon as chunk_size generations have finished, so every
+    # shard of the killed run is full (a kill loses at most the unpublished part of one shard,
+    # plus the requests in flight)
+    assert set(killed.groupby("shard_file").size()) == {2}
     assert not (generations.parent / "manifest.json").exists()
 
     done = run_reason(args, env)

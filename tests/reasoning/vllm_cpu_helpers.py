@@ -131,8 +131,10 @@ def run_reason(args: list[str], env: Mapping[str, str], timeout_s: float = 1800.
 
 
 def shard_frames(generations: Path) -> pd.DataFrame:
-    files = sorted((generations / "shards").glob("*.parquet"))
-    return pd.concat([pd.read_parquet(p) for p in files]) if files else pd.DataFrame(columns=["key"])
+    """Every published record, with the name of its shard file (``shard_file``)."""
+    files = sorted(p for p in (generations / "shards").glob("*.parquet") if not p.name.startswith("."))
+    frames = [pd.read_parquet(p).assign(shard_file=p.name) for p in files]
+    return pd.concat(frames) if frames else pd.DataFrame(columns=["key", "shard_file"])
 
 
 def descendants(pid: int) -> list[int]:
@@ -162,3 +164,14 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def stream_all(backend, requests: list) -> list:
+    """Every request through the streaming path (``submit`` + ``collect``), back in input order."""
+    tickets = backend.submit(requests)
+    finished: dict[str, object] = {}
+    while len(finished) < len(requests):
+        got = backend.collect()
+        assert got, "collect() returned nothing with requests in flight"
+        finished.update(got)
+    return [finished[t] for t in tickets]

@@ -4,8 +4,9 @@ preference profiles (Eq. 3-4), cached, resumable and shardable.
 Order of work, with every check that can fail done before a model is loaded:
 
 1. settings, dataset (the demo is generated on first use), items, users' histories, image scan;
-2. the backend; image jobs of this shard that the cache lacks, in chunks, each chunk published as
-   one shard file of the generation store;
+2. the backend; image jobs of this shard that the cache lacks, published ``reason.chunk_size`` at a
+   time as shard files of the generation store (a streaming backend, vLLM, keeps its engine full
+   across those boundaries; the others are called once per chunk);
 3. wait until every item's image job has a record (other shards write theirs), then build the
    multimodal descriptions and the profile prompts (fitted to the context);
 4. profile jobs of this shard; wait for every user's record;
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,7 +35,7 @@ from mllmrec.data import DatasetError, DatasetLayout, read_items
 from mllmrec.data.interactions import InteractionData
 from mllmrec.data.open import open_dataset
 from mllmrec.data.text import clean_text
-from mllmrec.reasoning.backends import Backend, Generation, Message, Request, make_backend
+from mllmrec.reasoning.backends import Backend, Generation, Message, Request, StreamingBackend, make_backend
 from mllmrec.reasoning.backends.base import TokenCounter
 from mllmrec.reasoning.bookkeeping import ReasonResult, RunState, merge_outputs
 from mllmrec.reasoning.images import ImageScan, ItemImage, read_image, scan_images
@@ -105,6 +106,12 @@ def user_histories(data: InteractionData, layout: DatasetLayout, mode: str) -> l
     return out
 
 
+def _empty_failure(generation: Generation) -> Generation:
+    """An output still empty after its retries: a recorded failure, never kept silently."""
+    return Generation("", generation.n_tokens, "error",
+                      error=f"empty output (finish_reason={generation.finish_reason})")
+
+
 def _chunks(seq: Sequence[Job], size: int) -> Iterator[Sequence[Job]]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
@@ -165,20 +172,74 @@ class Reasoner:
         t0, tokens = time.perf_counter(), 0
         bar = tqdm(total=len(pending), desc=f"{kind} ({self.backend.name})", unit="gen",
                    disable=not self.s.progress, dynamic_ncols=True)
+
+        def publish(records: Sequence[Record]) -> None:
+            nonlocal tokens
+            self.store.append(records)
+            tokens += sum(r.n_tokens for r in records)
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            bar.update(len(records))
+            bar.set_postfix_str(f"{bar.n / elapsed:.2f} gen/s, {tokens / elapsed:.1f} tok/s")
+
         try:
-            for chunk in _chunks(pending, self.s.chunk_size):
-                records = self._generate_chunk(chunk)
-                self.store.append(records)
-                tokens += sum(r.n_tokens for r in records)
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                bar.update(len(chunk))
-                bar.set_postfix_str(f"{bar.n / elapsed:.2f} gen/s, {tokens / elapsed:.1f} tok/s")
+            backend = self.backend
+            if isinstance(backend, StreamingBackend):
+                self._stream_jobs(backend, pending, publish)
+            else:
+                for chunk in _chunks(pending, self.s.chunk_size):
+                    publish(self._generate_chunk(chunk))
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0
         self.stats[f"{kind}_generated"] += len(pending)
         self.stats[f"{kind}_tokens"] += tokens
         self.seconds[kind] += elapsed
+
+    def _stream_jobs(self, backend: StreamingBackend, pending: Sequence[Job],
+                     publish: Callable[[Sequence[Record]], None]) -> None:
+        """Keep ``backend.max_in_flight`` requests in the engine across shard boundaries and publish
+        one shard as soon as ``reason.chunk_size`` generations have finished (in the order they
+        finished; each key once). A kill loses the finished generations not yet published (fewer
+        than ``chunk_size``) and the requests in flight. Empty outputs go back into the queue with
+        seed + attempt (``reason.empty_retries``), as in the per-chunk path.
+        """
+        # (job, request, attempt): request None = not built yet (image bytes are read at submit)
+        queue: deque[tuple[Job, Request | None, int]] = deque((job, None, 0) for job in pending)
+        in_flight: dict[str, tuple[Job, Request, int]] = {}
+        finished: list[Record] = []
+        try:
+            while queue or in_flight:
+                batch: list[tuple[Job, Request, int]] = []
+                while queue and len(in_flight) + len(batch) < backend.max_in_flight:
+                    job, request, attempt = queue.popleft()
+                    if request is None:
+                        try:
+                            request = job.build()
+                        except (OSError, DatasetError, ValueError) as exc:  # e.g. an image replaced mid-run
+                            finished.append(self._record(job, Generation("", 0, "error", error=str(exc)), time.time()))
+                            continue
+                    batch.append((job, request, attempt))
+                if batch:
+                    in_flight.update(zip(backend.submit([request for _, request, _ in batch]), batch))
+                for ticket, out in backend.collect():
+                    job, request, attempt = in_flight.pop(ticket)
+                    if out.ok and not clean_text(out.text):
+                        if attempt < self.s.empty_retries:
+                            self.stats["empty_retried"] += 1
+                            # first in line: the retry is submitted with the next top-up
+                            queue.appendleft((job, self._reseeded(request, 1), attempt + 1))  # seed + attempt
+                            continue
+                        out = _empty_failure(out)
+                    finished.append(self._record(job, out, time.time()))
+                while len(finished) >= self.s.chunk_size:
+                    publish(finished[: self.s.chunk_size])
+                    del finished[: self.s.chunk_size]
+            if finished:
+                publish(finished)
+        except BaseException:
+            if in_flight:
+                backend.cancel()  # a backend kept for another run must not deliver these later
+            raise
 
     def _generate_chunk(self, chunk: Sequence[Job]) -> list[Record]:
         now = time.time()
@@ -207,11 +268,7 @@ class Reasoner:
             again = [self._reseeded(requests[i], attempt) for i in empty]
             for i, g in zip(empty, self.backend.generate(again)):
                 outputs[i] = g
-        return [
-            Generation("", g.n_tokens, "error", error=f"empty output (finish_reason={g.finish_reason})")
-            if g.ok and not clean_text(g.text) else g
-            for g in outputs
-        ]
+        return [_empty_failure(g) if g.ok and not clean_text(g.text) else g for g in outputs]
 
     @staticmethod
     def _reseeded(request: Request, attempt: int) -> Request:

@@ -17,6 +17,7 @@ from mllmrec.reasoning.backends.base import (
     Message,
     Request,
     Sampling,
+    StreamingBackend,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "Message",
     "Request",
     "Sampling",
+    "StreamingBackend",
     "make_backend",
 ]
 

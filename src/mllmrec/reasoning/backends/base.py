@@ -2,7 +2,9 @@
 
 A :class:`Request` is a chat (messages with text and at most one image each) plus sampling
 parameters; a backend turns a batch of requests into one :class:`Generation` per request, in input
-order. Errors that concern a single request (a server that keeps answering 500, an image the model
+order. A :class:`StreamingBackend` (vLLM's engine) also takes requests one batch at a time without
+waiting and hands back each generation as soon as it finishes, so that the caller can keep the
+engine's batch full across the boundaries of the shards it publishes. Errors that concern a single request (a server that keeps answering 500, an image the model
 cannot take) come back as a ``Generation`` with ``error`` set, so one bad request never sinks a
 chunk; errors that make the backend unusable (engine crash, server gone) raise.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "Generation",
     "TokenCounter",
     "Backend",
+    "StreamingBackend",
 ]
 
 
@@ -135,3 +138,27 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingBackend(Backend, Protocol):
+    """A backend whose engine keeps requests in flight: ``submit`` queues, ``collect`` hands back
+    what has finished (in whatever order it finished), so the caller can top the queue up while
+    results arrive instead of waiting for a whole batch to drain."""
+
+    #: requests to keep submitted so that the engine never waits for the caller (about twice the
+    #: engine's batch: freed slots are refilled from requests already queued in the engine)
+    max_in_flight: int
+
+    def submit(self, requests: Sequence[Request]) -> list[str]:
+        """Queue ``requests`` without waiting; returns one ticket per request, in input order."""
+        ...
+
+    def collect(self) -> list[tuple[str, Generation]]:
+        """Wait until at least one submitted request has finished; return every finished one as
+        ``(ticket, generation)``. Returns ``[]`` when nothing is in flight."""
+        ...
+
+    def cancel(self) -> None:
+        """Drop every request still in flight (the caller gave up on them, e.g. after an error)."""
+        ...

