@@ -206,7 +206,11 @@ def train_and_validate(features, interactions: sp.csr_matrix, graph, threads_not
         ranking = RankingMetrics(interactions, truth)
         for start in range(0, eval_users.size, per_batch):
             batch_users = torch.from_numpy(eval_users[start : start + per_batch])
-            ranking.update(batch_users, model.full_scores(batch_users), inplace=True)
+            blocks = model.score_blocks(batch_users)  # what validation does (item blocks above 32k items)
+            if blocks is not None:
+                ranking.update_blocks(batch_users, blocks)
+            else:
+                ranking.update(batch_users, model.full_scores(batch_users), inplace=True)
     valid_seconds, valid_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     return {
         "model_init_seconds": init_seconds, "model_init_cpu_seconds": init_cpu,

@@ -9,7 +9,7 @@ and one truth item. Per batch it times the score product, and the metric update 
 excluded items in place, one top-K, the hit lookup) separately, then extrapolates to ``--total-users``.
 Then the same users again through the path models use at this size
 (:meth:`~mllmrec.models.base.PrecomputedScores.score_blocks` + ``RankingMetrics.update_blocks``:
-item blocks of 32k columns in one reused buffer), and checks both give the same metrics.
+item blocks of 128k columns in one reused buffer), and checks both give the same metrics.
 
     python bench/rank.py --items 1000000 --users 16384 --threads 1
 """
