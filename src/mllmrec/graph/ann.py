@@ -30,10 +30,11 @@ nearest lists, and the candidates found are re-scored exactly:
    (bench/results/graph.md, run 5).
 
 Work is about ``I * P * I / L * d`` multiply-adds for the scan plus ``I * L * d`` for step 2 (with
-the default ``L = min(4 sqrt(I), I / 40)`` both grow as ``I^1.5``) plus ``R * I * K_s^2 * d`` for the
-refinement (linear in ``I``; later passes redo only rows whose candidates changed); memory is the unit features plus ``I * P`` probe ids plus ``I * (K+1)``
-candidates, and during refinement two ``[I, K_s]`` id lists plus one block of gathered rows
-(``1024 * 2 K_s^2 * d * 4`` bytes, ~300 MB at K_s = 10, d = 384). The result is deterministic for a seed (seeded sample and k-means; every
+the default ``L = min(4 sqrt(I), I / 40)`` both grow as ``I^1.5``) plus up to ``2 I * K_s^2 * d`` per
+refinement pass (linear in ``I``; later passes redo only rows whose candidates changed); memory is the
+unit features plus ``I * P`` probe ids plus ``I * (K+1)`` candidates, and during refinement two
+``[I, K_s]`` id lists, the reverse lists and one block of gathered rows (``1024 * 2 K_s^2 * d * 4``
+bytes, ~300 MB at K_s = 10, d = 384). The result is deterministic for a seed (seeded sample and k-means; every
 later step is a fixed-order computation). An item with all-zero features, or one whose probed lists
 held fewer than ``K_s`` candidates, gets its row from the exact search instead.
 """
