@@ -20,7 +20,7 @@ from mllmrec.metrics import RankingMetrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVAL_BLOCK_ITEMS", "OptimizerFactory", "PrecomputedScores", "Recommender", "bpr_loss", "require_at_least"]
+__all__ = ["EVAL_BLOCK_ITEMS", "dot_score_blocks", "OptimizerFactory", "PrecomputedScores", "Recommender", "bpr_loss", "require_at_least"]
 
 #: Items per score block when a model ranks in blocks (:meth:`PrecomputedScores.score_blocks`): a
 #: catalogue up to this size is scored whole, as before. 128k columns x 134 users = 67 MiB a block (smaller
@@ -50,6 +50,31 @@ def _takes_fused(factory: OptimizerFactory) -> bool:
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     """BPR (Eq. 15): mean over triplets of ``-log sigmoid(y_ui - y_uj)``. Shapes: [B], [B] -> []."""
     return -F.logsigmoid(pos_scores - neg_scores).mean()
+
+
+def dot_score_blocks(user_rows: Tensor, items: Tensor) -> Iterator[tuple[int, Tensor]] | None:
+    """``user_rows @ items.T`` as column blocks ``(start, [B, w])`` of at most :data:`EVAL_BLOCK_ITEMS`
+    items, written into one reused buffer (each block must be consumed before the next is computed),
+    or None when the catalogue fits in one block (then the caller scores whole rows, as before).
+
+    Measured at 1M items, 134 users a batch, d = 64, 1 thread (bench/rank.py): a fresh ``[B, I]``
+    product per batch pays ~0.3 s of page faults on top of ~0.45 s of arithmetic; blocks of 128k
+    columns avoid both the faults and a second pass over 512 MiB for the top-K.
+
+    Shapes: user_rows ``[B, d]``, items ``[I, d]`` -> blocks ``[B, w]``, ``w <= EVAL_BLOCK_ITEMS``.
+    """
+    n_items = items.shape[0]
+    if n_items <= EVAL_BLOCK_ITEMS:
+        return None
+
+    def blocks() -> Iterator[tuple[int, Tensor]]:
+        buffer = torch.empty(user_rows.shape[0] * EVAL_BLOCK_ITEMS, dtype=user_rows.dtype, device=user_rows.device)
+        for start in range(0, n_items, EVAL_BLOCK_ITEMS):
+            stop = min(start + EVAL_BLOCK_ITEMS, n_items)
+            out = buffer[: user_rows.shape[0] * (stop - start)].view(user_rows.shape[0], stop - start)
+            yield start, torch.matmul(user_rows, items[start:stop].T, out=out)
+
+    return blocks()
 
 
 class Recommender(L.LightningModule):
@@ -240,30 +265,9 @@ class PrecomputedScores(Recommender):
         return self._eval_users[users] @ self._eval_items.T
 
     def score_blocks(self, users: Tensor) -> Iterator[tuple[int, Tensor]] | None:
-        """Above :data:`EVAL_BLOCK_ITEMS` items: ``users[b] @ items[start:stop].T`` block by block,
-        written into one reused buffer (each block is consumed before the next is computed).
-
-        Measured at 1M items, 134 users a batch, d = 64, 1 thread (bench/rank.py): a fresh ``[B, I]``
-        product per batch pays ~0.3 s of page faults on top of ~0.45 s of arithmetic; blocks of
-        128k columns avoid both the faults and a second pass over 512 MiB for the top-K.
-
-        Shapes: [B] -> blocks [B, w], w <= EVAL_BLOCK_ITEMS.
-        """
+        """The scores in item blocks above :data:`EVAL_BLOCK_ITEMS` items (:func:`dot_score_blocks`)."""
         assert self._eval_users is not None and self._eval_items is not None, "call prepare_eval() first"
-        n_items = self._eval_items.shape[0]
-        if n_items <= EVAL_BLOCK_ITEMS:
-            return None
-        user_rows = self._eval_users[users]  # [B, d]
-        items = self._eval_items
-
-        def blocks() -> Iterator[tuple[int, Tensor]]:
-            buffer = torch.empty(user_rows.shape[0] * EVAL_BLOCK_ITEMS, dtype=user_rows.dtype, device=user_rows.device)
-            for start in range(0, n_items, EVAL_BLOCK_ITEMS):
-                stop = min(start + EVAL_BLOCK_ITEMS, n_items)
-                out = buffer[: user_rows.shape[0] * (stop - start)].view(user_rows.shape[0], stop - start)
-                yield start, torch.matmul(user_rows, items[start:stop].T, out=out)
-
-        return blocks()
+        return dot_score_blocks(self._eval_users[users], self._eval_items)
 
     def representations(self) -> tuple[Tensor, Tensor]:
         """User [U, d] and item [I, d] representations of the last :meth:`prepare_eval`."""
