@@ -206,7 +206,11 @@ def train_and_validate(features, interactions: sp.csr_matrix, graph, threads_not
         ranking = RankingMetrics(interactions, truth)
         for start in range(0, eval_users.size, per_batch):
             batch_users = torch.from_numpy(eval_users[start : start + per_batch])
-            ranking.update(batch_users, model.full_scores(batch_users), inplace=True)
+            blocks = model.score_blocks(batch_users)  # what validation does (item blocks above 32k items)
+            if blocks is not None:
+                ranking.update_blocks(batch_users, blocks)
+            else:
+                ranking.update(batch_users, model.full_scores(batch_users), inplace=True)
     valid_seconds, valid_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     return {
         "model_init_seconds": init_seconds, "model_init_cpu_seconds": init_cpu,
@@ -220,7 +224,7 @@ def train_and_validate(features, interactions: sp.csr_matrix, graph, threads_not
 
 
 def run_one(key: str, method: str, threads: int | None, cols_out: str | None, train: bool,
-            probes: int | None) -> dict:
+            probes: int | None, refine: int | None = None) -> dict:
     """Runs inside the child process: build the graph once, report timings and peak RSS as JSON."""
     import torch
 
@@ -245,7 +249,8 @@ def run_one(key: str, method: str, threads: int | None, cols_out: str | None, tr
     cpu_started = cpu_seconds()
     started = time.perf_counter()
     # the build returns its statistics too (as in a training run), so they are part of what is timed
-    ann_params = AnnParams() if probes is None else AnnParams(probes=probes)
+    ann_params = AnnParams(**{name: value for name, value in (("probes", probes), ("refine", refine))
+                              if value is not None})
     built = build_refined_item_graph(features, interactions, shape.k_s, shape.alpha, shape.k_c, knn_method=method,
                                      ann_params=ann_params)
     total_seconds = time.perf_counter() - started
@@ -265,7 +270,7 @@ def run_one(key: str, method: str, threads: int | None, cols_out: str | None, tr
     result = {
         **asdict(shape),
         "knn": method if method == "exact" else f"{method} (L = {ann_params.resolved_lists(shape.items)}, "
-                                                f"P = {ann_params.probes})",
+                                                f"P = {ann_params.probes}, R = {ann_params.refine})",
         "actual_interactions": int(interactions.nnz),
         "max_item_degree": int(item_degree.max()),
         "seconds": total_seconds,
@@ -374,6 +379,7 @@ def main() -> None:
     parser.add_argument("--knn", nargs="+", choices=["exact", "faiss"], help="semantic search(es) per shape")
     parser.add_argument("--train", action="store_true", help="also one training epoch + validation pass")
     parser.add_argument("--probes", type=int, help="graph.ann.probes of the faiss search (default: its default)")
+    parser.add_argument("--refine", type=int, help="graph.ann.refine of the faiss search (default: its default)")
     parser.add_argument("--out", type=Path, help="also write the table (with date and machine) here")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--one", choices=sorted(SHAPES), help=argparse.SUPPRESS)  # child mode
@@ -381,7 +387,8 @@ def main() -> None:
     parser.add_argument("--cols-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.method, args.threads, args.cols_out, args.train, args.probes)))
+        print(json.dumps(run_one(args.one, args.method, args.threads, args.cols_out, args.train, args.probes,
+                                 args.refine)))
         return
 
     results = []
@@ -393,6 +400,7 @@ def main() -> None:
                 child = subprocess.run(
                     [sys.executable, __file__, "--one", key, "--method", method, "--cols-out", str(columns[method]),
                      *(["--probes", str(args.probes)] if args.probes else []),
+                     *(["--refine", str(args.refine)] if args.refine is not None else []),
                      *(["--threads", str(args.threads)] if args.threads else []),
                      *(["--train"] if args.train else [])],
                     stdout=subprocess.PIPE, text=True, check=False,  # the child's progress goes to stderr

@@ -271,6 +271,35 @@ def test_ranking_metrics_streaming_any_order_and_batches() -> None:
     assert metrics.compute() == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("width", [1, 7, 19, 40])  # 40 = one block; 7 and 19 leave a short last block
+def test_update_blocks_matches_the_reference(width: int) -> None:
+    scores, exclude, truth, exclude_d, truth_d = random_case(5)
+    expected = reference(scores.numpy(), exclude_d, truth_d, KS)
+    metrics = RankingMetrics(exclude, truth, ks=KS)
+    users = torch.randperm(scores.shape[0], generator=torch.Generator().manual_seed(1))
+    buffer = torch.empty(10 * width)  # one reused block buffer, as PrecomputedScores does
+
+    def blocks(batch: torch.Tensor):
+        for start in range(0, scores.shape[1], width):
+            block = scores[batch, start : start + width]
+            out = buffer[: block.numel()].view(block.shape)
+            yield start, out.copy_(block)
+
+    for batch in users.split(10):
+        metrics.update_blocks(batch, blocks(batch))
+    assert metrics.compute() == pytest.approx(expected, abs=1e-6)
+
+
+def test_update_blocks_must_cover_every_item_in_order() -> None:
+    scores, exclude, truth, _, _ = random_case(5)
+    metrics = RankingMetrics(exclude, truth, ks=(5,))
+    users = torch.arange(4)
+    with pytest.raises(ValueError, match="covered items \\[0, 20\\) of \\[0, 40\\)"):
+        metrics.update_blocks(users, [(0, scores[:4, :20].clone())])
+    with pytest.raises(ValueError, match="expected start 20, got 25"):
+        metrics.update_blocks(users, [(0, scores[:4, :20].clone()), (25, scores[:4, 25:].clone())])
+
+
 def test_update_does_not_modify_scores() -> None:
     scores, exclude, truth, _, _ = random_case(4)
     before = scores.clone()

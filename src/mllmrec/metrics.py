@@ -263,6 +263,67 @@ class RankingMetrics:
             masked = scores.detach().index_put(index, neg_inf)
         top_values, top = torch.topk(masked, self._max_k, dim=1, sorted=True)  # [B, max_k]
         del masked
+        self._record(u, top_values, top)
+
+    @torch.no_grad()
+    def update_blocks(self, users: Tensor, blocks: Iterable[tuple[int, Tensor]]) -> None:
+        """:meth:`update` from the score matrix given as consecutive column blocks, never whole.
+
+        ``blocks`` yields ``(start, scores[:, start:start + w])`` covering ``[0, I)`` in order. Each
+        block is masked IN PLACE (``-inf`` at the excluded items), its top-``max_k`` taken and merged
+        into a running top-``max_k`` (``[B, 2 max_k]`` at a time); the caller may reuse a block's
+        storage for the next one. Same ranking as :meth:`update` up to the order of exactly equal
+        scores (which neither path specifies). Cheaper at large ``I``: no ``[B, I]`` tensor is
+        allocated (at 1M items a fresh 512 MiB score matrix per batch costs page faults as much as a
+        third of its product) and each block is ranked while it is still in cache.
+
+        Shapes:
+            ``users``: ``[B]`` int; each block ``[B, w]`` float on any device.
+        """
+        u = self._check_users(users)
+        if u.size == 0:
+            return
+        rows, cols = _rows_coo(self._exclude, u)
+        order = np.argsort(cols, kind="stable")  # excluded entries by column: one slice per block
+        rows, cols = rows[order], cols[order]
+        best_values: Tensor | None = None
+        best_items: Tensor | None = None
+        covered = 0
+        for start, block in blocks:
+            if start != covered or block.dim() != 2 or block.shape[0] != u.size or not block.dtype.is_floating_point:
+                raise ValueError(f"score blocks must be float [{u.size}, w] and cover the items in order: "
+                                 f"expected start {covered}, got {start} with shape {tuple(block.shape)}")
+            stop = start + block.shape[1]
+            first, last = np.searchsorted(cols, [start, stop])
+            device = block.device
+            index = (torch.from_numpy(rows[first:last]).to(device), torch.from_numpy(cols[first:last] - start).to(device))
+            block.index_put_(index, torch.tensor(float("-inf"), dtype=block.dtype, device=device))
+            values, items = torch.topk(block, min(self._max_k, block.shape[1]), dim=1)
+            items = items + start
+            if best_values is not None:
+                values, items = torch.cat([best_values, values], dim=1), torch.cat([best_items, items], dim=1)
+                values, position = torch.topk(values, min(self._max_k, values.shape[1]), dim=1)
+                items = items.gather(1, position)
+            best_values, best_items = values, items
+            covered = stop
+        if covered != self.n_items or best_values is None:
+            raise ValueError(f"score blocks covered items [0, {covered}) of [0, {self.n_items})")
+        top_values, position = torch.sort(best_values, dim=1, descending=True)
+        self._record(u, top_values, best_items.gather(1, position))
+
+    def _check_users(self, users: Tensor) -> np.ndarray:
+        """Validate a batch's user ids and return them as a CPU int64 array."""
+        if not isinstance(users, Tensor) or users.dim() != 1:
+            raise ValueError("users must be a 1-D integer tensor of user ids, shape [B]")
+        if users.dtype.is_floating_point or users.dtype == torch.bool:
+            raise ValueError(f"users must hold integer ids, got dtype {users.dtype}")
+        u = users.detach().cpu().numpy().astype(np.int64, copy=False)
+        if u.size and (u.min() < 0 or u.max() >= self.n_users):
+            raise ValueError(f"users must lie in [0, {self.n_users}), got min {u.min()}, max {u.max()}")
+        return u
+
+    def _record(self, u: np.ndarray, top_values: Tensor, top: Tensor) -> None:
+        """Store the metrics of users ``u`` [B] from their ranked top-``max_k`` ``[B, max_k]``."""
         # topk ranks NaN above every number, so a NaN score of a rankable item surfaces here; checking
         # [B, max_k] instead of [B, I] saves a full pass over the scores
         if bool(torch.isnan(top_values).any()):

@@ -42,6 +42,49 @@ def clustered():
     return clustered_features(3000, 24, 60, seed=5)
 
 
+def uneven_clusters(n: int, d: int, seed: int) -> torch.Tensor:
+    """The benchmark's kind of features (bench/graph.py), hard for IVF: ~n/40 centres with Pareto-sized
+    clusters and a noise scale of 0.5-1.5 per item. Inside a big cluster the most similar items are its
+    low-noise members, which k-means spreads over several lists: a scan of the item's own probed lists
+    misses some, and the neighbours' lists (probed from elsewhere) hold them."""
+    rng = np.random.default_rng(seed)
+    clusters = n // 40
+    centres = rng.standard_normal((clusters, d))
+    weight = rng.pareto(1.5, clusters) + 1.0
+    labels = rng.choice(clusters, size=n, p=weight / weight.sum())
+    scale = rng.uniform(0.5, 1.5, size=(n, 1))
+    return torch.from_numpy((centres[labels] + scale * rng.standard_normal((n, d))).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def uneven():
+    return uneven_clusters(3000, 64, seed=0)
+
+
+def reference_refinement(features: torch.Tensor, cols: np.ndarray, passes: int) -> tuple[np.ndarray, np.ndarray]:
+    """NN-descent's local join written out row by row in float64. Each pass, from the previous lists:
+    ``N(i)`` = row ``i`` without ``i``; ``R(i)`` = the ``k - 1`` most similar items whose row holds
+    ``i`` (cosine descending, id ascending); the new row ``i`` is ``[i] + the k - 1 best of
+    G(i) ∪ N(G(i)) minus i`` with ``G(i) = N(i) ∪ R(i)``. Returns the lists and their cosines."""
+    x = features.double().numpy()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    n, k = cols.shape
+    for _ in range(passes):
+        listed_by: list[list[int]] = [[] for _ in range(n)]
+        for j, row in enumerate(cols):
+            for i in row[1:]:
+                listed_by[i].append(j)
+        new = np.empty_like(cols)
+        for i, row in enumerate(cols):
+            reverse = sorted(listed_by[i], key=lambda j: (-float(x[i] @ x[j]), j))[: k - 1]
+            near = set(row[1:].tolist()) | set(reverse)
+            candidates = (near | {c for j in near for c in cols[j].tolist()}) - {i}
+            ranked = sorted(candidates, key=lambda j: (-float(x[i] @ x[j]), j))
+            new[i] = [i, *ranked[: k - 1]]
+        cols = new
+    return cols, np.einsum("id,ijd->ij", x, x[cols])
+
+
 def test_recall_against_the_exact_search_on_clustered_features(clustered):
     exact = knn.semantic_knn(clustered, 10, CHUNK)
     approximate = approximate_semantic_knn(clustered, 10, AnnParams(), CHUNK)  # the defaults
@@ -49,6 +92,34 @@ def test_recall_against_the_exact_search_on_clustered_features(clustered):
     assert recall(approximate, exact, 10) >= 0.97
     # the search is really approximate (one probed list misses neighbours) and probes buy recall
     assert recall(few_probes, exact, 10) < recall(approximate, exact, 10)
+
+
+def test_refinement_finds_neighbours_the_list_scan_missed(uneven):
+    exact = knn.semantic_knn(uneven, 10, CHUNK)
+    plain = approximate_semantic_knn(uneven, 10, AnnParams(probes=2, refine=0), CHUNK)
+    refined = approximate_semantic_knn(uneven, 10, AnnParams(probes=2, refine=2), CHUNK)
+    assert recall(plain, exact, 10) < 0.9  # the case is hard for the list scan alone
+    assert recall(refined, exact, 10) >= recall(plain, exact, 10) + 0.04
+    # and no row gets worse: its old neighbours stay candidates (sum of cosines, self excluded)
+    before = plain.scores.view(-1, 10)[:, 1:].sum(dim=1)
+    after = refined.scores.view(-1, 10)[:, 1:].sum(dim=1)
+    assert torch.all(after >= before - 1e-5) and torch.any(after > before + 1e-3)
+
+
+def test_refinement_passes_equal_a_row_by_row_reference(uneven):
+    """Two passes (the second recomputes only rows whose candidates changed) against the reference
+    that recomputes every row from the plain search's lists, reverse neighbours included."""
+    features = uneven[:1500]
+    start = approximate_semantic_knn(features, 8, AnnParams(probes=2, refine=0), CHUNK).cols.view(-1, 8).numpy()
+    found = approximate_semantic_knn(features, 8, AnnParams(probes=2, refine=2), CHUNK)
+    expected_cols, expected_scores = reference_refinement(features, start, 2)
+    cols, scores = found.cols.view(-1, 8).numpy(), found.scores.view(-1, 8).numpy()
+    differ = np.flatnonzero((cols != expected_cols).any(axis=1))
+    assert differ.size <= 2  # float32 vs float64 rounding may swap a near-tie, nothing more
+    np.testing.assert_allclose(scores[differ].sum(axis=1), expected_scores[differ].sum(axis=1), atol=1e-5)
+    same = np.setdiff1d(np.arange(1500), differ)
+    np.testing.assert_allclose(scores[same], expected_scores[same], atol=1e-5)
+    assert (cols != start).any(axis=1).sum() > 50  # the passes did change rows
 
 
 def test_probing_every_list_finds_the_exact_neighbours(clustered):
@@ -62,11 +133,11 @@ def test_probing_every_list_finds_the_exact_neighbours(clustered):
 
 
 def test_same_seed_same_graph(clustered):
-    params = AnnParams(probes=4, seed=3)
+    params = AnnParams(probes=4, seed=3, refine=2)
     first = approximate_semantic_knn(clustered, 10, params, CHUNK)
     second = approximate_semantic_knn(clustered.clone(), 10, params, CHUNK)
     assert torch.equal(first.cols, second.cols) and torch.equal(first.scores, second.scores)
-    other_seed = approximate_semantic_knn(clustered, 10, AnnParams(probes=4, seed=4), CHUNK)
+    other_seed = approximate_semantic_knn(clustered, 10, AnnParams(probes=4, seed=4, refine=2), CHUNK)
     assert not torch.equal(first.cols, other_seed.cols)  # the seed is really used
 
 
@@ -167,15 +238,16 @@ def test_ann_parameters_are_part_of_the_cache_key(tmp_path, searches):
     build("faiss", probes=2)
     build("faiss", probes=2, min_items=5)  # min_items only steers auto: same graph, a hit
     assert searches == ["faiss"]
-    for changed in ({"probes": 3}, {"probes": 2, "lists": 5}, {"probes": 2, "seed": 1}):
+    for changed in ({"probes": 3}, {"probes": 2, "lists": 5}, {"probes": 2, "seed": 1}, {"probes": 2, "refine": 0},
+                    {"probes": 2, "refine": 2}):
         before = len(searches)
         build("faiss", **changed)
         assert searches[before:] == ["faiss"], changed
     build("exact")
     build("auto", min_items=10_000)  # auto resolves to exact: the exact entry, a hit
     build("auto", min_items=300, probes=2)  # auto resolves to faiss with the first parameters: a hit
-    assert searches == ["faiss"] * 4 + ["exact"]
-    assert len(list(tmp_path.glob("*.pt"))) == 5
+    assert searches == ["faiss"] * 6 + ["exact"]
+    assert len(list(tmp_path.glob("*.pt"))) == 7
 
 
 def test_a_cached_approximate_graph_equals_a_fresh_build(tmp_path):
@@ -193,6 +265,8 @@ def test_graph_spec_takes_the_ann_settings_as_a_mapping():
     assert GraphSpec().knn == "auto" and GraphSpec().ann == AnnParams()
     with pytest.raises(ConfigError, match="graph.ann.probes must be an integer >= 1, got 0"):
         GraphSpec(ann={"probes": 0})
+    with pytest.raises(ConfigError, match="graph.ann.refine must be an integer >= 0, got -1"):
+        GraphSpec(ann={"refine": -1})
     with pytest.raises(ConfigError, match="graph.ann.prob is not a setting"):
         GraphSpec(ann={"prob": 3})
     with pytest.raises(ConfigError, match="graph.knn='hnsw': knn_method must be one of exact, faiss, auto"):

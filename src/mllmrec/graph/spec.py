@@ -40,7 +40,7 @@ class GraphSpec:
         knn: the semantic kNN search: ``exact``, ``faiss`` (approximate, needs ``pip install
             'mllmrec[ann]'``) or ``auto`` (faiss from ``ann.min_items`` items on).
         ann: the approximate search's settings (``graph.ann.lists``, ``.probes``, ``.seed``,
-            ``.min_items``; see :class:`~mllmrec.graph.ann.AnnParams`), a mapping or an AnnParams.
+            ``.refine``, ``.min_items``; see :class:`~mllmrec.graph.ann.AnnParams`), a mapping or an AnnParams.
     """
 
     ks: int = 10

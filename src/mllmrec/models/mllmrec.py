@@ -6,7 +6,7 @@ graph is added on top of the towers' outputs, as in the authors' commented-out c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import scipy.sparse as sp
 import torch
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
-from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, require_at_least
+from mllmrec.models.base import OptimizerFactory, Recommender, bpr_loss, dot_score_blocks, require_at_least
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["MLLMRec", "mlp_tower"]
@@ -203,6 +203,12 @@ class MLLMRec(Recommender):
         assert self._eval_items is not None
         h_u = self._eval_users[users] if self._eval_users is not None else self.user_repr(users)
         return h_u @ self._eval_items.T
+
+    def score_blocks(self, users: Tensor) -> Iterator[tuple[int, Tensor]] | None:
+        """:meth:`full_scores` in item blocks above ``EVAL_BLOCK_ITEMS`` items (see :func:`dot_score_blocks`)."""
+        assert self._eval_items is not None
+        h_u = self._eval_users[users] if self._eval_users is not None else self.user_repr(users)
+        return dot_score_blocks(h_u, self._eval_items)
 
     def representations(self) -> tuple[Tensor, Tensor]:
         """``(h_u for every user [U, d], h_i for every item [I, d])`` (with GCN_UI: the branch's sums)."""

@@ -187,6 +187,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     data, trainer = cfg.data, cfg.trainer
     for key in ("batch_size", "eval_batch_size"):
         _require(_is_int(data.get(key)) and data[key] >= 1, f"data.{key}", data.get(key), "must be an integer >= 1")
+    valid_users = data.get("valid_users")
+    _require(valid_users is None or (_is_int(valid_users) and valid_users >= 1), "data.valid_users", valid_users,
+             "must be a positive integer (the number of users validation ranks, a fixed seeded sample) or "
+             "null (every user)")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "must be an integer")
     max_epochs = trainer.get("max_epochs")
     _require(max_epochs is None or (_is_int(max_epochs) and max_epochs >= -1), "trainer.max_epochs", max_epochs,

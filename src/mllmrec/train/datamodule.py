@@ -62,6 +62,30 @@ def eval_users_per_batch(eval_batch_size: int, n_items: int) -> int:
     return max(1, min(eval_batch_size, EVAL_SCORE_BYTES // (4 * max(n_items, 1))))
 
 
+def _check_valid_users(value: Any) -> int | None:
+    """``data.valid_users``: None (every user) or a positive int."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"data.valid_users must be a positive integer (the number of users validation "
+                          f"ranks, a fixed seeded sample) or null (every user), got {value!r}")
+    return int(value)
+
+
+def sample_validation_users(truth: sp.csr_matrix, size: int | None, seed: int) -> np.ndarray:
+    """Sorted ids of the users validation ranks: ``size`` of the users with a validation item, drawn
+    without replacement by ``numpy.random.default_rng(seed)`` (all of them when ``size`` is None or
+    at least their number). Depends only on the validation split, ``size`` and ``seed``: the same
+    users in every epoch and in every run of the same data.
+
+    Shapes: truth ``[U, I]`` -> ``[min(size, users with truth)]`` int64.
+    """
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if size is None or size >= users.size:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=size, replace=False))
+
+
 # --------------------------------------------------------------------------- the module
 class MLLMRecDataModule(L.LightningDataModule):
     """Serves BPR triplets for training and user batches for full-ranking evaluation, and builds the
@@ -95,6 +119,8 @@ class MLLMRecDataModule(L.LightningDataModule):
         cold_start_items: float = 0.0,
         cold_start_seed: int = 999,
         negative_items: str = "all",
+        valid_users: int | None = None,
+        valid_users_seed: int = 999,
     ) -> None:
         super().__init__()
         if item_text_source not in ITEM_TEXT_SOURCES:
@@ -119,6 +145,9 @@ class MLLMRecDataModule(L.LightningDataModule):
         self.cold_start_seed = int(cold_start_seed)
         self.cold_split: ColdStartSplit | None = None  # set by setup() when cold_start_items > 0
         self.negative_items = negative_items  # all | train (MMRec: only items seen in training)
+        self.valid_users = _check_valid_users(valid_users)
+        self.valid_users_seed = int(valid_users_seed)
+        self._valid_sample: np.ndarray | None = None
         self.data: InteractionData | None = None
         self._texts: tuple[list[str], list[str]] | None = None
         self._item_features: torch.Tensor | None = None
@@ -345,12 +374,42 @@ class MLLMRecDataModule(L.LightningDataModule):
         return {name: self._modalities[name] for name in names}
 
     # ----------------------------------------------------------------- evaluation targets
+    @property
+    def validation_users(self) -> np.ndarray:
+        """Sorted ids of the users validation ranks (:func:`sample_validation_users` with
+        ``data.valid_users`` and ``data.valid_users_seed``), drawn once per run."""
+        if self._valid_sample is None:
+            data = self._require_setup()
+            self._valid_sample = sample_validation_users(data.valid, self.valid_users, self.valid_users_seed)
+            if self.valid_users is not None:
+                total = int((np.diff(data.valid.indptr) > 0).sum())
+                log.info("validating on %d of the %d users with a validation item (data.valid_users=%d, "
+                         "seed %d); the test split ranks every user", self._valid_sample.size, total,
+                         self.valid_users, self.valid_users_seed)
+        return self._valid_sample
+
+    def validation_summary(self) -> dict[str, Any]:
+        """metrics.json's ``validation`` block: which users the validation metrics average over."""
+        data = self._require_setup()
+        total = int((np.diff(data.valid.indptr) > 0).sum())
+        users = int(self.validation_users.size)
+        return {"users": users, "users_with_truth": total, "sampled": users < total,
+                "valid_users": self.valid_users, "seed": self.valid_users_seed}
+
     def eval_target(self, split: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(exclude, truth) of a split: training items are masked; at test time also validation
-        items when ``exclude_valid_at_test`` (RecBole's choice; MMRec's, the default, does not)."""
+        items when ``exclude_valid_at_test`` (RecBole's choice; MMRec's, the default, does not).
+        With ``data.valid_users`` the validation truth keeps only the sampled users' rows
+        (:attr:`validation_users`), so every metric averages over exactly those users."""
         assert self.data is not None
         if split == "valid":
-            return self.data.train, self.data.valid
+            truth = self.data.valid
+            if self.valid_users is not None:
+                keep = np.zeros(truth.shape[0], dtype=truth.dtype)
+                keep[self.validation_users] = 1
+                truth = (sp.diags(keep) @ truth).tocsr()  # [U, I]: rows of unsampled users emptied
+                truth.eliminate_zeros()
+            return self.data.train, truth
         exclude = self.data.train + self.data.valid if self.exclude_valid_at_test else self.data.train
         return exclude.tocsr(), self.data.test
 

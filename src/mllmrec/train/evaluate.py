@@ -55,7 +55,7 @@ def evaluate_run(run: str | Path | None = None, ckpt_path: str | Path | None = N
                  print_table: bool = True) -> dict[str, Any]:
     """Recompute a run's valid and test metrics from a checkpoint and write them to ``<run>/<output>``.
 
-    Returns what was written: ``{"checkpoint", "valid", "test", "config_changes", "overrides",
+    Returns what was written: ``{"checkpoint", "valid", "test", "validation", "config_changes", "overrides",
     "matches_metrics_json"}`` (the last is None when the run has no ``metrics.json`` or the
     config was changed), and ``cold_start`` for a run trained with ``data.cold_start_items > 0``
     (:func:`~mllmrec.train.task.cold_start_summary`: the same block as metrics.json's).
@@ -81,6 +81,7 @@ def evaluate_run(run: str | Path | None = None, ckpt_path: str | Path | None = N
         "checkpoint": str(restored.checkpoint),
         "valid": dict(model.eval_results["val"]),
         "test": dict(model.eval_results["test"]),
+        "validation": datamodule.validation_summary(),  # all users, or the data.valid_users sample
         "config_changes": [str(c) for c in restored.changes],
         "overrides": list(overrides),
         "matches_metrics_json": None,

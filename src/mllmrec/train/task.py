@@ -276,6 +276,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         # the float64 values the metric computed (Lightning's returned dict holds float32 copies)
         summary["test"] = dict(model.eval_results["test"])
         summary["test_checkpoint"] = ckpt
+    summary["validation"] = datamodule.validation_summary()  # all users, or the data.valid_users sample
     summary["epochs_run"] = int(trainer.current_epoch)
     summary["history"] = history
     rows = {"valid (best epoch)": summary["valid"], "test": summary["test"]}
