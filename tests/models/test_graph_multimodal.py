@@ -4,11 +4,11 @@ the normalised refined graph, and its loss depends on that graph."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from interaction_fixtures import random_interactions
 
 from mllmrec.graph import normalize_adjacency, refined_item_graph
 from mllmrec.models import FREEDOM, GUME, LATTICE, LGMRec
@@ -20,13 +20,7 @@ U, I = 25, 18  # noqa: E741  (users, items: the paper's U and I)
 
 
 def _interactions(seed: int = 0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    r = sp.random(U, I, density=0.25, random_state=rng, format="lil")
-    for u in range(U):  # every user has a training item
-        r[u, u % I] = 1.0
-    r = r.tocsr()
-    r.data[:] = 1.0
-    return r
+    return random_interactions(U, I, seed)
 
 
 def _modalities() -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from interaction_fixtures import random_interactions
 
 from mllmrec.models import GUME
 from mllmrec.models.gume import (
@@ -28,13 +29,7 @@ U, I, K = 25, 18, 4  # noqa: E741  (users, items, kNN size)
 
 
 def _interactions(seed: int = 0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    r = sp.random(U, I, density=0.25, random_state=rng, format="lil")
-    for u in range(U):  # every user has a training item
-        r[u, u % I] = 1.0
-    r = r.tocsr()
-    r.data[:] = 1.0
-    return r
+    return random_interactions(U, I, seed)
 
 
 def _modalities(seed: int = 2) -> dict[str, torch.Tensor]:
