@@ -36,7 +36,12 @@ from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
-from mllmrec.models.mmrec_parts import cached_normalized_knn_graph, check_item_graph_choice, require_modalities
+from mllmrec.models.mmrec_parts import (
+    cached_normalized_knn_graph,
+    check_interactions_shape,
+    refined_graph_argument,
+    require_modalities,
+)
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["FREEDOM", "degree_sensitive_pruning", "edge_keep_count"]
@@ -150,11 +155,8 @@ class FREEDOM(PrecomputedScores):
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         if not 0.0 <= mm_image_weight <= 1.0:
             raise ValueError(f"model.mm_image_weight must be in [0, 1], got {mm_image_weight}")
-        if tuple(train_interactions.shape) != (n_users, n_items):
-            raise ValueError(f"train_interactions {train_interactions.shape} does not match "
-                             f"n_users={n_users}, n_items={n_items}")
-        refined = item_graph if isinstance(item_graph, Tensor) else None
-        check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, "FREEDOM")
+        check_interactions_shape(train_interactions, n_users, n_items)
+        refined = refined_graph_argument(item_graph, "FREEDOM")
         names = tuple(modalities or type(self).modalities)
         feats = require_modalities(item_modalities, names, "FREEDOM", n_items)
         self.save_hyperparameters(ignore=["item_modalities", "item_graph", "train_interactions", "optimizer",

@@ -54,8 +54,9 @@ from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
 from mllmrec.models.lattice import similarity_knn_edges, symmetric_normalize_edges
 from mllmrec.models.mmrec_parts import (
-    check_item_graph_choice,
+    check_interactions_shape,
     lr_decay_schedule,
+    refined_graph_argument,
     require_modalities,
     sparse_edges,
 )
@@ -242,11 +243,8 @@ class GUME(PrecomputedScores):
         for key, temperature in (("model.bm_temp", bm_temp), ("model.um_temp", um_temp)):
             if not temperature > 0:
                 raise ValueError(f"{key} must be > 0, got {temperature}")
-        if tuple(train_interactions.shape) != (n_users, n_items):
-            raise ValueError(f"train_interactions {train_interactions.shape} does not match "
-                             f"n_users={n_users}, n_items={n_items}")
-        refined = item_graph if isinstance(item_graph, Tensor) else None
-        check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, "GUME")
+        check_interactions_shape(train_interactions, n_users, n_items)
+        refined = refined_graph_argument(item_graph, "GUME")
         names = tuple(modalities or type(self).modalities)
         if len(names) != 2:
             raise ValueError(f"GUME (as its authors implement it) needs two modalities, got model.modalities={list(names)}")

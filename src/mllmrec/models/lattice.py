@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
 from mllmrec.models.mmrec_parts import (
-    check_item_graph_choice,
     edge_propagate,
     knn_indices,
     lr_decay_schedule,
+    refined_graph_argument,
     require_modalities,
     sparse_edges,
 )
@@ -143,8 +143,7 @@ class LATTICE(PrecomputedScores):
         require_at_least("model.reg_batch_size", reg_batch_size, 1)
         if not 0.0 <= lambda_coeff <= 1.0:
             raise ValueError(f"model.lambda_coeff must be in [0, 1], got {lambda_coeff}")
-        refined = item_graph if isinstance(item_graph, Tensor) else None
-        check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, "LATTICE")
+        refined = refined_graph_argument(item_graph, "LATTICE")
         names = tuple(modalities or type(self).modalities)
         feats = require_modalities(item_modalities, names, "LATTICE", n_items)
         self.save_hyperparameters(ignore=["item_modalities", "item_graph", "train_interactions", "optimizer"])

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from mllmrec.graph import SparseOperator, normalize_adjacency, propagate
 from mllmrec.models.base import OptimizerFactory, PrecomputedScores, bpr_loss, require_at_least
-from mllmrec.models.mmrec_parts import check_item_graph_choice, emb_loss, require_modalities
+from mllmrec.models.mmrec_parts import emb_loss, refined_graph_argument, require_modalities
 from mllmrec.models.ui_graph import bipartite_adjacency, bipartite_edges
 
 __all__ = ["LGMRec", "hypergraph_rounds", "infonce_sum"]
@@ -122,8 +122,7 @@ class LGMRec(PrecomputedScores):
         require_at_least("model.graph_layers", graph_layers, 0)
         if not 0.0 < keep_rate <= 1.0:
             raise ValueError(f"model.keep_rate must be in (0, 1], got {keep_rate}")
-        refined = item_graph if isinstance(item_graph, Tensor) else None
-        check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, "LGMRec")
+        refined = refined_graph_argument(item_graph, "LGMRec")
         names = tuple(modalities or type(self).modalities)
         if len(names) != 2:
             raise ValueError(f"LGMRec (as MMRec implements it) needs two modalities, got model.modalities={list(names)}")

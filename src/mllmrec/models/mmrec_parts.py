@@ -22,6 +22,7 @@ from mllmrec.graph.store import sparse_from_state, sparse_state
 __all__ = [
     "ITEM_GRAPH_CHOICES",
     "check_item_graph_choice",
+    "check_interactions_shape",
     "emb_loss",
     "mmrec_bpr_loss",
     "knn_indices",
@@ -30,6 +31,7 @@ __all__ = [
     "cached_normalized_knn_graph",
     "KNN_GRAPH_CODE_VERSION",
     "edge_propagate",
+    "refined_graph_argument",
     "require_modalities",
     "sparse_edges",
 ]
@@ -94,6 +96,21 @@ def check_item_graph_choice(item_graph_choice: str, item_graph: Tensor | None, m
         raise ValueError(f"model.item_graph must be one of {ITEM_GRAPH_CHOICES}, got {item_graph_choice!r}")
     if item_graph_choice == "refined" and item_graph is None:
         raise ValueError(f"{model}: model.item_graph=refined needs the refined graph (the datamodule's item_graph)")
+
+
+def refined_graph_argument(item_graph: Tensor | str | None, model: str) -> Tensor | None:
+    """The refined graph when ``item_graph`` is one (``model.item_graph=refined``), else None, after
+    checking the choice (:func:`check_item_graph_choice`); a model's own graph is ``"own"`` or None."""
+    refined = item_graph if isinstance(item_graph, Tensor) else None
+    check_item_graph_choice("refined" if refined is not None else str(item_graph or "own"), refined, model)
+    return refined
+
+
+def check_interactions_shape(train_interactions, n_users: int, n_items: int) -> None:
+    """``train_interactions`` is ``[n_users, n_items]``."""
+    if tuple(train_interactions.shape) != (n_users, n_items):
+        raise ValueError(f"train_interactions {train_interactions.shape} does not match "
+                         f"n_users={n_users}, n_items={n_items}")
 
 
 def knn_indices(features: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
